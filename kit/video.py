@@ -1,0 +1,81 @@
+"""Reading and writing video files: decord for reading, PyAV (libx264) for writing."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class VideoReadError(RuntimeError):
+    """A video file is missing, empty or cannot be decoded. The message names the file."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def open_video(path, *, num_threads: int = 1):
+    """Open ``path`` with decord, raising :class:`VideoReadError` on any failure."""
+    import decord
+
+    p = Path(path)
+    if not p.exists():
+        raise VideoReadError(p, "file not found")
+    if p.stat().st_size == 0:
+        raise VideoReadError(p, "file is empty")
+    try:
+        vr = decord.VideoReader(str(p), num_threads=num_threads)
+    except Exception as exc:  # decord raises its own DECORDError or RuntimeError
+        raise VideoReadError(p, f"cannot be decoded ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
+    if len(vr) == 0:
+        raise VideoReadError(p, "has no frames")
+    return vr
+
+
+def num_frames(path) -> int:
+    """Number of frames in ``path``."""
+    return len(open_video(path))
+
+
+def read_frames(path, indices) -> np.ndarray:
+    """Decode the frames at ``indices`` of ``path``: uint8 array ``(T, H, W, 3)``, in the given order."""
+    vr = open_video(path)
+    indices = np.asarray(indices, dtype=np.int64)
+    order = np.argsort(indices, kind="stable")
+    try:
+        frames = vr.get_batch(indices[order].tolist()).asnumpy()
+    except Exception as exc:
+        raise VideoReadError(path, f"decoding frames failed ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
+    out = np.empty_like(frames)
+    out[order] = frames
+    return out
+
+
+def write_mp4(path, frames: np.ndarray, *, fps: int = 25, crf: int = 18) -> Path:
+    """Write uint8 frames ``(T, H, W, 3)`` (RGB) as an H.264 mp4. H and W must be even."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 needs even frame sizes, got {h}x{w}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
