@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 REQUIRED: Any = dataclasses.MISSING  # marker: a field without default is required
 
 
+PROVENANCE_KEYS = ("kit_version", "git_commit")
+
+
 class ParamsError(ValueError):
     """Bad parameters. The message names the key, the file and what was expected."""
 
@@ -374,7 +377,10 @@ def resolve_layers(run_file=None, overrides=(), *, base: str | Path | None = Non
     if run_file is not None and (base is None or Path(run_file).resolve() != Path(base).resolve()):
         files.append(Path(run_file))
     for f in files:
-        merged = _merge(merged, _fix_floats(_read_yaml(f)), str(f), sources)
+        data = _read_yaml(f)
+        for key in PROVENANCE_KEYS:  # written by save_params, not parameters
+            data.pop(key, None)
+        merged = _merge(merged, _fix_floats(data), str(f), sources)
     for text in overrides:
         keys, value = parse_override(text)
         layer: dict = {}
@@ -471,7 +477,4 @@ def save_params(params: Params, path) -> Path:
 
 def read_saved_params(path) -> Params:
     """Read a ``params.yaml`` written by :func:`save_params`."""
-    data = _read_yaml(Path(path))
-    data.pop("kit_version", None)
-    data.pop("git_commit", None)
-    return params_from_dict(data, source=str(path))
+    return load_params(path, base=path)
