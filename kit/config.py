@@ -81,6 +81,7 @@ class TrainConfig:
     opt_eps: float = 1e-8
     clip_grad: float | None = 5.0  # max gradient norm, None = off
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 (GPUs without bf16) adds a GradScaler
     label_smoothing: float = 0.1
     mixup: float = 0.0  # mixup alpha (timm), 0 = off
     cutmix: float = 0.0  # cutmix alpha (timm), 0 = off
