@@ -1,0 +1,398 @@
+"""Interactive inspection of a confusion matrix in JupyterLab (ipywidgets).
+
+:class:`ConfusionInspector` draws the matrix as a grid of plain buttons coloured by value;
+clicking cell (true i, predicted j) lists the clips in it with a strip of frames, their true and
+predicted class and every model's probability for both classes. Frames are decoded only for the
+clips on the page being shown and cached, so switching pages, cells or gamma stays quick.
+
+Example (in a notebook)::
+
+    run = kit.confusion.load_run(params, split="val")
+    inspector = ConfusionInspector(run.sources, class_names=run.class_names, data_root=run.data_root)
+    inspector            # displays the app
+    inspector.cell_button(4, 9).click()   # what a click does, also from code
+    inspector.clip_rows  # what is shown
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from kit import confusion
+from kit.layout import ENSEMBLE
+from kit.predictions import Predictions
+from kit.video import VideoReadError, num_frames, read_frames
+
+log = logging.getLogger(__name__)
+
+NORMALIZE_OPTIONS = [("counts", None), ("rows (recall)", "true"), ("columns (precision)", "pred")]
+CELL_CLASS = "nk-cell"  # CSS classes let a browser test find the parts
+CLIP_CLASS = "nk-clip"
+THUMB_CLASS = "nk-thumb"
+
+
+def gamma_correct(frames: np.ndarray, gamma: float) -> np.ndarray:
+    """Gamma correction of uint8 frames ``(..., 3)``: ``255 * (x / 255) ** gamma`` (gamma < 1 brightens)."""
+    lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
+    return lut[frames]
+
+
+class FrameStrips:
+    """Small strips of evenly spaced frames per clip, decoded on first use and cached.
+
+    Decoded frames are cached per path (downscaled), encoded PNGs per ``(path, gamma)``.
+    """
+
+    def __init__(self, *, frames: int = 4, height: int = 56, max_items: int = 512):
+        self.frames = frames
+        self.height = height
+        self.max_items = max_items
+        self._raw: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._png: OrderedDict[tuple[str, float | None], bytes] = OrderedDict()
+        self.decoded = 0  # how many clips were actually decoded (tests check the cache)
+
+    def _frames(self, path: str) -> np.ndarray:
+        if path in self._raw:
+            self._raw.move_to_end(path)
+            return self._raw[path]
+        from PIL import Image
+
+        n = num_frames(path)
+        idx = np.unique(np.linspace(0, n - 1, self.frames).round().astype(np.int64))
+        video = read_frames(path, idx)  # (T, H, W, 3)
+        t, h, w, _ = video.shape
+        width = max(1, round(w * self.height / h))
+        small = np.stack([np.asarray(Image.fromarray(f).resize((width, self.height), Image.BILINEAR)) for f in video])
+        self.decoded += 1
+        self._raw[path] = small
+        if len(self._raw) > self.max_items:
+            self._raw.popitem(last=False)
+        return small
+
+    def png(self, path, *, gamma: float | None) -> bytes:
+        """PNG of the strip of ``path`` (frames side by side), gamma-corrected when ``gamma`` is set."""
+        from PIL import Image
+
+        key = (str(path), gamma)
+        if key in self._png:
+            self._png.move_to_end(key)
+            return self._png[key]
+        small = self._frames(str(path))
+        if gamma is not None:
+            small = gamma_correct(small, gamma)
+        gap = np.zeros((small.shape[1], 2, 3), dtype=np.uint8)  # a dark line between frames
+        strip = np.concatenate([p for f in small for p in (f, gap)][:-1], axis=1)
+        buf = io.BytesIO()
+        Image.fromarray(strip).save(buf, format="PNG")
+        self._png[key] = buf.getvalue()
+        if len(self._png) > self.max_items:
+            self._png.popitem(last=False)
+        return self._png[key]
+
+
+class ConfusionInspector:
+    """Clickable confusion matrix of several prediction sources, with the clips behind each cell.
+
+    ``sources`` maps ``(model, stage)`` to :class:`Predictions` of one split (same classes);
+    clip paths are relative to ``data_root``. ``gamma`` brightens the frame strips (toggle).
+    Programmatic use: :meth:`cell_button` ``(i, j).click()``, :attr:`selected_clips`,
+    :attr:`clip_rows`, :meth:`set_gamma`, :meth:`set_normalize`, :meth:`select_source`,
+    :meth:`next_page`.
+    """
+
+    def __init__(self, sources: dict[tuple[str, str], Predictions], *, class_names, data_root,
+                 gamma: float = 0.25, page_size: int = 6, frames: int = 4, thumb_height: int = 56):
+        import ipywidgets as W
+
+        if not sources:
+            raise ValueError("ConfusionInspector needs at least one (model, stage) -> Predictions source")
+        self.sources = dict(sources)
+        self.class_names = list(class_names)
+        self.k = len(self.class_names)
+        for key, preds in self.sources.items():
+            if preds.num_classes != self.k:
+                raise ValueError(f"source {key} has {preds.num_classes} classes, class_names has {self.k}")
+        if page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        self.data_root = Path(data_root)
+        self.gamma = gamma
+        self.page_size = page_size
+        self.strips = FrameStrips(frames=frames, height=thumb_height)
+        self.models = list(dict.fromkeys(m for m, _ in self.sources))
+        self._row_of: dict[tuple[str, str], dict[str, int]] = {}
+        self.selected: tuple[int, int] | None = None
+        self.page = 0
+        self.clip_rows: list[dict] = []
+
+        # ---- controls
+        first_model = next((m for m in self.models if m == ENSEMBLE), self.models[0])
+        self.model_dropdown = W.Dropdown(options=self.models, value=first_model, description="model")
+        self.stage_dropdown = W.Dropdown(options=self._stages(first_model), description="stage")
+        self.stage_dropdown.value = self._stages(first_model)[-1]
+        self.normalize_dropdown = W.Dropdown(options=NORMALIZE_OPTIONS, value=None, description="values")
+        self.gamma_toggle = W.ToggleButton(value=True, description=f"gamma {gamma}", icon="sun",
+                                           tooltip="brighten the (nearly black) frames with gamma correction")
+        self.status = W.HTML()
+
+        # ---- the matrix: a header row, then one row of buttons per true class
+        dense = self.k > confusion.ANNOTATE_MAX_CLASSES
+        side = 22 if dense else 52
+        col_names = [str(j) for j in range(self.k)] if dense else self.class_names
+        head = [W.HTML("<b>true \\ pred</b>")] + [
+            W.HTML(f"<div style='text-align:center;font-size:{9 if dense else 11}px;overflow:hidden' "
+                   f"title='{html.escape(n)}'>{html.escape(n)}</div>") for n in col_names
+        ]
+        self._buttons: list[list] = []
+        cells = list(head)
+        for i, name in enumerate(self.class_names):
+            label = f"{i} {name}" if dense else name
+            cells.append(W.HTML(f"<div style='font-size:{9 if dense else 12}px;white-space:nowrap'>"
+                                f"{html.escape(label)}</div>"))
+            row = []
+            for j in range(self.k):
+                b = W.Button(layout=W.Layout(width=f"{side}px", height=f"{side}px", padding="0", margin="0"))
+                b.add_class(CELL_CLASS)
+                b.add_class(f"{CELL_CLASS}-{i}-{j}")
+                b.on_click(self._on_cell(i, j))
+                row.append(b)
+            cells.extend(row)
+            self._buttons.append(row)
+        self.grid = W.GridBox(cells, layout=W.Layout(
+            grid_template_columns=f"max-content repeat({self.k}, {side}px)", grid_gap="1px", width="max-content"))
+
+        # ---- the clip list and its pager
+        self.prev_button = W.Button(description="◀ prev", layout=W.Layout(width="80px"))
+        self.next_button = W.Button(description="next ▶", layout=W.Layout(width="80px"))
+        self.page_label = W.Label()
+        self.prev_button.on_click(lambda _: self.prev_page())
+        self.next_button.on_click(lambda _: self.next_page())
+        self.clip_title = W.HTML("<i>click a cell to list its clips</i>")
+        self.clip_box = W.VBox()
+        self.widget = W.VBox([
+            W.HBox([self.model_dropdown, self.stage_dropdown, self.normalize_dropdown, self.gamma_toggle]),
+            self.status,
+            self.grid,
+            self.clip_title,
+            W.HBox([self.prev_button, self.page_label, self.next_button]),
+            self.clip_box,
+        ])
+        self.model_dropdown.observe(self._on_model, names="value")
+        self._quiet = False
+        self.stage_dropdown.observe(lambda _: None if self._quiet else self._refresh(), names="value")
+        self.normalize_dropdown.observe(lambda _: self._paint(), names="value")
+        self.gamma_toggle.observe(lambda _: self._show_page(), names="value")
+        self._refresh()
+
+    # ------------------------------------------------------------ public API
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    @property
+    def source(self) -> tuple[str, str]:
+        """The ``(model, stage)`` whose matrix is shown."""
+        return self.model_dropdown.value, self.stage_dropdown.value
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """Counts ``(K, K)`` of the shown source."""
+        return self._cm
+
+    @property
+    def shown_values(self) -> np.ndarray:
+        """``(K, K)`` values the cells show and are coloured by (counts or normalised)."""
+        return confusion.normalize(self._cm, self.normalize_dropdown.value)
+
+    def cell_button(self, i: int, j: int):
+        """The button of cell (true ``i``, predicted ``j``)."""
+        return self._buttons[i][j]
+
+    def select(self, i: int, j: int) -> None:
+        """Show the clips of cell (true ``i``, predicted ``j``), first page."""
+        if not (0 <= i < self.k and 0 <= j < self.k):
+            raise IndexError(f"cell ({i}, {j}) outside a {self.k}x{self.k} matrix")
+        self.selected = (i, j)
+        self.page = 0
+        self._paint()
+        self._show_page()
+
+    def select_source(self, model: str, stage: str) -> None:
+        """Show the matrix of ``(model, stage)``."""
+        if (model, stage) not in self.sources:
+            raise KeyError(f"no predictions for {model}@{stage}; have {sorted(self.sources)}")
+        self.model_dropdown.value = model
+        self.stage_dropdown.value = stage
+
+    def set_normalize(self, how: str | None) -> None:
+        """Cell values: ``None`` counts, ``"true"`` row-normalised, ``"pred"`` column-normalised."""
+        self.normalize_dropdown.value = how
+
+    def set_gamma(self, on: bool) -> None:
+        """Gamma-correct the frame strips (on) or show the raw dark frames (off)."""
+        self.gamma_toggle.value = bool(on)
+
+    @property
+    def selected_clips(self) -> list[str]:
+        """Paths of all clips in the selected cell (every page), most confident first."""
+        if self.selected is None:
+            return []
+        return [self._preds.paths[r] for r in self._cell_rows()]
+
+    @property
+    def num_pages(self) -> int:
+        return max(1, -(-len(self.selected_clips) // self.page_size))
+
+    def next_page(self) -> None:
+        if self.page + 1 < self.num_pages:
+            self.page += 1
+            self._show_page()
+
+    def prev_page(self) -> None:
+        if self.page > 0:
+            self.page -= 1
+            self._show_page()
+
+    # ------------------------------------------------------------ internals
+
+    @property
+    def _preds(self) -> Predictions:
+        return self.sources[self.source]
+
+    def _stages(self, model: str) -> list[str]:
+        return [s for m, s in self.sources if m == model]
+
+    def _on_cell(self, i: int, j: int):
+        return lambda _button: self.select(i, j)
+
+    def _on_model(self, change) -> None:
+        stages = self._stages(change["new"])
+        keep = self.stage_dropdown.value if self.stage_dropdown.value in stages else stages[-1]
+        self._quiet = True  # new options reset the value: refresh once, at the end
+        try:
+            self.stage_dropdown.options = stages
+            self.stage_dropdown.value = keep
+        finally:
+            self._quiet = False
+        self._refresh()
+
+    def _refresh(self) -> None:
+        preds = self._preds
+        self._cm = confusion.confusion_of(preds)
+        n_unl = confusion.unlabelled_count(preds.labels)
+        model, stage = self.source
+        self.status.value = (f"<b>{html.escape(model)}@{html.escape(stage)}</b>: {int(self._cm.sum())} labelled clips, "
+                             f"top-1 {confusion.top1(self._cm):.1%}"
+                             + (f"; {n_unl} unlabelled clip(s) left out" if n_unl else ""))
+        self.page = 0
+        self._paint()
+        self._show_page()
+
+    def _paint(self) -> None:
+        from matplotlib import colormaps
+        from matplotlib.colors import to_hex
+
+        how = self.normalize_dropdown.value
+        values = self.shown_values
+        top = values.max() if how is None else 1.0
+        cmap = colormaps["Blues"]
+        dense = self.k > confusion.ANNOTATE_MAX_CLASSES
+        for i in range(self.k):
+            for j in range(self.k):
+                v = values[i, j]
+                level = v / top if top > 0 else 0.0
+                b = self._buttons[i][j]
+                b.style.button_color = to_hex(cmap(0.05 + 0.9 * level))
+                b.style.text_color = "white" if level > 0.5 else "black"
+                b.style.font_weight = "bold" if i == j else "normal"
+                text = f"{int(v)}" if how is None else f"{v:.2f}"
+                b.description = "" if dense else text
+                b.tooltip = (f"{self.class_names[i]} -> {self.class_names[j]}: {int(self._cm[i, j])} clip(s)"
+                             + ("" if how is None else f", {v:.2f}"))
+                b.layout.border = "2px solid #e6550d" if self.selected == (i, j) else "1px solid white"
+
+    def _cell_rows(self) -> np.ndarray:
+        i, j = self.selected
+        rows = confusion.cell_indices(self._preds, i, j)
+        conf = self._preds.probs()[rows, j]
+        return rows[np.argsort(-conf, kind="stable")]
+
+    def _prob_sources(self) -> list[tuple[str, str]]:
+        # every model at the shown stage where it has one, else at its last stage
+        stage = self.source[1]
+        out = []
+        for m in self.models:
+            stages = self._stages(m)
+            out.append((m, stage if stage in stages else stages[-1]))
+        return out
+
+    def _row_index(self, key) -> dict[str, int]:
+        if key not in self._row_of:
+            self._row_of[key] = {p: r for r, p in enumerate(self.sources[key].paths)}
+        return self._row_of[key]
+
+    def _show_page(self) -> None:
+        import ipywidgets as W
+
+        if self.selected is None:
+            self.clip_rows = []
+            self.page_label.value = ""
+            return
+        i, j = self.selected
+        rows = self._cell_rows()
+        start = self.page * self.page_size
+        page_rows = rows[start:start + self.page_size]
+        gamma = self.gamma if self.gamma_toggle.value else None
+        name_i, name_j = self.class_names[i], self.class_names[j]
+        self.clip_title.value = (f"<b>true {html.escape(name_i)} → predicted {html.escape(name_j)}</b> "
+                                 f"({html.escape('@'.join(self.source))}): {len(rows)} clip(s)")
+        self.page_label.value = f"page {self.page + 1} of {self.num_pages}" if len(rows) else "no clips"
+        self.prev_button.disabled = self.page == 0
+        self.next_button.disabled = self.page + 1 >= self.num_pages
+        shown, boxes = [], []
+        for r in page_rows:
+            path = self._preds.paths[r]
+            probs = {}
+            for key in self._prob_sources():
+                row = self._row_index(key).get(path)
+                if row is not None:
+                    p = self.sources[key].probs()[row]
+                    probs["@".join(key)] = (float(p[i]), float(p[j]))
+            thumb, error = None, None
+            try:
+                thumb = self.strips.png(self.data_root / path, gamma=gamma)
+            except VideoReadError as exc:
+                error = str(exc)
+                log.warning("inspector: %s", exc)
+            shown.append({"path": path, "true": name_i, "predicted": name_j, "probs": probs,
+                          "thumbnail": thumb is not None, "error": error})
+            boxes.append(self._clip_box(path, name_i, name_j, probs, thumb, error, W))
+        self.clip_rows = shown
+        self.clip_box.children = boxes
+
+    @staticmethod
+    def _clip_box(path, name_i, name_j, probs, thumb, error, W):
+        table = "".join(
+            f"<tr><td>{html.escape(src)}</td><td style='text-align:right'>{pt:.3f}</td>"
+            f"<td style='text-align:right'>{pp:.3f}</td></tr>" for src, (pt, pp) in probs.items()
+        )
+        info = W.HTML(
+            f"<div style='font-size:12px'><code>{html.escape(path)}</code><br>"
+            f"true <b>{html.escape(name_i)}</b>, predicted <b>{html.escape(name_j)}</b>"
+            f"<table style='font-size:11px'><tr><th>model@stage</th><th>p({html.escape(name_i)})</th>"
+            f"<th>p({html.escape(name_j)})</th></tr>{table}</table></div>"
+        )
+        if thumb is not None:
+            picture = W.Image(value=thumb, format="png")
+            picture.add_class(THUMB_CLASS)
+        else:
+            picture = W.HTML(f"<span style='color:#b00'>{html.escape(error or 'no frames')}</span>")
+        box = W.HBox([picture, info], layout=W.Layout(align_items="center", grid_gap="12px",
+                                                       border_bottom="1px solid #ddd"))
+        box.add_class(CLIP_CLASS)
+        return box
