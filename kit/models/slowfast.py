@@ -65,7 +65,7 @@ class ResNetBasicStem(nn.Module):
         self.conv = nn.Conv3d(
             dim_in, dim_out, (temporal_kernel, 7, 7), stride=(1, 2, 2),
             padding=(temporal_kernel // 2, 3, 3), bias=False,
-        )  # fmt: skip
+        )
         self.bn = _bn(dim_out)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
@@ -95,7 +95,7 @@ class FuseFastToSlow(nn.Module):
         self.conv_f2s = nn.Conv3d(
             dim_fast, dim_fast * channel_ratio, (kernel_size, 1, 1), stride=(alpha, 1, 1),
             padding=(kernel_size // 2, 0, 0), bias=False,
-        )  # fmt: skip
+        )
         self.bn = _bn(dim_fast * channel_ratio)
         self.relu = nn.ReLU(inplace=True)
 
@@ -176,7 +176,7 @@ class ResStage(nn.Module):
                 block = ResBlock(
                     dims_in[p] if j == 0 else dims_out[p], dims_out[p], dims_inner[p],
                     temporal_kernel=kt, stride=stride if j == 0 else 1,
-                )  # fmt: skip
+                )
                 self.add_module(f"pathway{p}_res{j}", block)
 
     def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -244,7 +244,7 @@ class SlowFast(nn.Module):
             alpha=alpha, fusion_conv_channel_ratio=fusion_conv_channel_ratio,
             fusion_kernel_size=fusion_kernel_size, frames=frames, crop=crop, dropout=dropout,
             num_classes=num_classes,
-        )  # fmt: skip
+        )
         if num_block_temp_kernel is None:
             num_block_temp_kernel = [[d, d] for d in stage_depths]
         num_block_temp_kernel = _check_temp_kernel_blocks(num_block_temp_kernel, stage_depths)
@@ -286,7 +286,7 @@ class SlowFast(nn.Module):
         self.head = SlowFastHead(
             [slow_in, fast_in], num_classes, dropout=dropout,
             pool_kernels=[(frames // alpha, crop // 32, crop // 32), (frames, crop // 32, crop // 32)],
-        )  # fmt: skip
+        )
         self._stage_names = ["s1", "s1_fuse", "s2", "s2_fuse", "s3", "s3_fuse", "s4", "s4_fuse", "s5"]
         _init_weights(self)
 
@@ -316,7 +316,7 @@ class SlowFast(nn.Module):
 def _check_arch(
     *, stage_depths, width_per_group, beta_inv, alpha, fusion_conv_channel_ratio,
     fusion_kernel_size, frames, crop, dropout, num_classes,
-) -> None:  # fmt: skip
+) -> None:
     def positive_int(name, value):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"SlowFast: {name} must be a positive int, got {value!r}")
@@ -328,7 +328,7 @@ def _check_arch(
         ("fusion_conv_channel_ratio", fusion_conv_channel_ratio),
         ("fusion_kernel_size", fusion_kernel_size), ("frames", frames), ("crop", crop),
         ("num_classes", num_classes), *((f"stage_depths[{i}]", d) for i, d in enumerate(stage_depths)),
-    ]:  # fmt: skip
+    ]:
         positive_int(name, value)
     if width_per_group % beta_inv:
         raise ValueError(
