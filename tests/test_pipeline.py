@@ -1,0 +1,58 @@
+"""The papermill runner: planning, dry runs, bad parameters, run folders."""
+
+import io
+
+import pytest
+import yaml
+
+from kit import pipeline
+from kit.config import load_params, save_params
+
+
+def test_plan_order_demo():
+    params = load_params("params/demo.yaml")
+    steps = pipeline.plan(params)
+    names = [s.name for s in steps]
+    assert names[0] == "00_data"
+    assert names[1:3] == ["10_supervised_uniformer", "10_supervised_slowfast"]
+    assert names[3:5] == ["20_adapt_bn_uniformer", "20_adapt_bn_slowfast"]
+    assert names[5:7] == ["30_pseudo_label_uniformer_r1", "30_pseudo_label_slowfast_r1"]
+    assert names[-2:] == ["40_ensemble", "50_confusion"]
+    assert len(steps) == 1 + 2 + 2 + 2 * params.pseudo.rounds + 2
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
+    out = io.StringIO()
+    rc = pipeline.run("params/demo.yaml", [f"output_root={tmp_path}"], dry_run=True, out=out)
+    text = out.getvalue()
+    assert rc == 0
+    assert "30_pseudo_label" in text and "round 4" in text and "dry run" in text
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_override_fails_before_any_stage(tmp_path, capsys):
+    rc = pipeline.main(["run", "params/demo.yaml", "--set", f"output_root={tmp_path}", "--set", "train.epoch=3"])
+    assert rc == 2
+    assert "train.epoch" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_stage_name_is_refused():
+    with pytest.raises(SystemExit):
+        pipeline.main(["run", "params/demo.yaml", "--only", "sideways", "--dry-run"])
+
+
+def test_run_folder_never_reuses_another_runs_folder(tmp_path):
+    params = load_params("params/demo.yaml", [f"output_root={tmp_path}"])
+    folder, _ = pipeline.run_folder(params)
+    assert folder == tmp_path / "demo"
+    save_params(params, folder / "params.yaml")
+    assert pipeline.run_folder(params)[0] == folder  # same parameters: same folder (resume)
+    other = load_params("params/demo.yaml", [f"output_root={tmp_path}", "train.epochs=2"])
+    folder2, diff = pipeline.run_folder(other)
+    assert folder2 == tmp_path / "demo-2"
+    assert any(d.startswith("train.epochs") for d in diff)
+    other.run = folder2.name
+    save_params(other, folder2 / "params.yaml")
+    assert pipeline.run_folder(load_params("params/demo.yaml", [f"output_root={tmp_path}", "train.epochs=2"]))[0] == folder2
+    assert yaml.safe_load((folder / "params.yaml").read_text())["train"]["epochs"] == params.train.epochs
