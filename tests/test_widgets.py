@@ -1,0 +1,163 @@
+"""kit.widgets.ConfusionInspector driven headless: clicks, pages, gamma and normalisation."""
+
+import numpy as np
+import pytest
+from fixture_run import CLASSES, LABELS, PREDICTED, build_fixture_run
+
+from kit import confusion
+from kit.config import load_params
+from kit.predictions import Predictions
+from kit.widgets import CLIP_CLASS, ConfusionInspector, FrameStrips, gamma_correct
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    fx = build_fixture_run(tmp_path_factory.mktemp("fixture"))
+    return confusion.load_run(load_params(fx.params_file, base=fx.params_file), split="val")
+
+
+def _inspector(run, **kw):
+    return ConfusionInspector(run.sources, class_names=run.class_names, data_root=run.data_root, **kw)
+
+
+def _cell(model_stage, true, predicted):
+    return [f"val/clip{i:02d}.mp4" for i, (y, p) in enumerate(zip(LABELS, PREDICTED[model_stage], strict=True))
+            if y == true and p == predicted]
+
+
+def test_grid_shows_the_counts_of_the_chosen_source(run):
+    ins = _inspector(run)
+    assert ins.source == ("ensemble", "ensemble")  # the fused predictions come first
+    ins.select_source("uni", "adapt_bn")
+    cm = confusion.confusion_of(run.sources["uni", "adapt_bn"])
+    shown = np.array([[int(ins.cell_button(i, j).description) for j in range(4)] for i in range(4)])
+    np.testing.assert_array_equal(shown, cm)
+    assert cm[0, 3] == 2  # Run -> Walk twice
+    # colour follows the value: the busiest cell is darker than an empty one
+    assert ins.cell_button(3, 3).style.button_color != ins.cell_button(0, 1).style.button_color
+    assert "1 unlabelled" in ins.status.value
+
+
+def test_click_lists_the_clips_and_every_models_probabilities(run):
+    ins = _inspector(run)
+    ins.select_source("uni", "adapt_bn")
+    ins.cell_button(CLASSES.index("Run"), CLASSES.index("Walk")).click()
+    assert ins.selected == (0, 3)
+    assert sorted(ins.selected_clips) == _cell(("uni", "adapt_bn"), 0, 3) == ["val/clip00.mp4", "val/clip01.mp4"]
+    rows = ins.clip_rows
+    assert [r["path"] for r in rows] == ins.selected_clips
+    for row in rows:
+        assert (row["true"], row["predicted"], row["thumbnail"], row["error"]) == ("Run", "Walk", True, None)
+        # every model at the shown stage, and the ensemble
+        assert set(row["probs"]) == {"uni@adapt_bn", "sf@adapt_bn", "ensemble@ensemble"}
+        for key, (p_true, p_pred) in row["probs"].items():
+            preds = run.sources[tuple(key.split("@"))]
+            k = preds.paths.index(row["path"])
+            assert (p_true, p_pred) == pytest.approx((preds.probs()[k, 0], preds.probs()[k, 3]))
+        assert row["probs"]["uni@adapt_bn"][1] > row["probs"]["uni@adapt_bn"][0]  # the shown model chose Walk
+    confidence = [r["probs"]["uni@adapt_bn"][1] for r in rows]
+    assert confidence == sorted(confidence, reverse=True)
+    boxes = ins.clip_box.children
+    assert len(boxes) == 2 and all(CLIP_CLASS in b._dom_classes for b in boxes)
+    assert boxes[0].children[0].value[:8] == b"\x89PNG\r\n\x1a\n"  # the frame strip
+    assert ins.cell_button(0, 3).layout.border.startswith("2px")  # the selected cell is outlined
+
+
+def test_switching_model_keeps_the_cell_and_updates_the_list(run):
+    ins = _inspector(run)
+    ins.select_source("uni", "adapt_bn")
+    ins.cell_button(0, 3).click()
+    ins.model_dropdown.value = "sf"
+    assert ins.source == ("sf", "adapt_bn")  # same stage kept
+    assert sorted(ins.selected_clips) == _cell(("sf", "adapt_bn"), 0, 3) == [
+        "val/clip00.mp4", "val/clip01.mp4", "val/clip02.mp4"]
+    ins.stage_dropdown.value = "pi2"
+    assert sorted(ins.selected_clips) == _cell(("sf", "pi2"), 0, 3)
+    assert set(ins.clip_rows[0]["probs"]) == {"uni@pi2", "sf@pi2", "ensemble@ensemble"}
+    ins.model_dropdown.value = "ensemble"
+    assert ins.stage_dropdown.options == ("ensemble",)
+    with pytest.raises(KeyError, match="uni@pi1"):
+        ins.select_source("uni", "pi1")
+
+
+def test_normalisation_changes_the_cell_values(run):
+    ins = _inspector(run)
+    ins.select_source("uni", "adapt_bn")
+    ins.set_normalize("true")
+    assert ins.cell_button(0, 3).description == "0.67"  # 2 of 3 Run clips
+    ins.set_normalize("pred")
+    assert ins.cell_button(0, 3).description == "0.40"  # 2 of 5 clips predicted Walk
+    np.testing.assert_allclose(ins.shown_values.sum(axis=0), 1.0)
+    ins.set_normalize(None)
+    assert ins.cell_button(0, 3).description == "2"
+
+
+def test_gamma_toggle_brightens_and_frames_are_decoded_once(run):
+    ins = _inspector(run)
+    ins.select_source("uni", "adapt_bn")
+    ins.cell_button(0, 3).click()
+    bright = ins.clip_box.children[0].children[0].value
+    assert ins.strips.decoded == 2
+    ins.set_gamma(False)
+    dark = ins.clip_box.children[0].children[0].value
+    assert dark != bright
+    assert ins.strips.decoded == 2  # the toggle re-encodes cached frames, no new decode
+    from io import BytesIO
+
+    from PIL import Image
+
+    mean = [np.asarray(Image.open(BytesIO(v))).mean() for v in (dark, bright)]
+    assert mean[1] > 3 * mean[0]  # gamma 0.25 lifts the nearly black frames
+    ins.set_gamma(True)
+    assert ins.clip_box.children[0].children[0].value == bright
+
+
+def test_paging_through_a_large_cell(run):
+    ins = _inspector(run, page_size=1)
+    ins.select_source("sf", "adapt_bn")
+    ins.cell_button(0, 3).click()  # three clips
+    assert ins.num_pages == 3 and ins.page_label.value == "page 1 of 3" and ins.prev_button.disabled
+    seen = [ins.clip_rows[0]["path"]]
+    ins.next_button.click()
+    seen.append(ins.clip_rows[0]["path"])
+    ins.next_page()
+    seen.append(ins.clip_rows[0]["path"])
+    assert ins.next_button.disabled and ins.page == 2
+    ins.next_page()  # past the end: stays
+    assert ins.page == 2 and len(ins.clip_rows) == 1
+    assert seen == ins.selected_clips
+    ins.prev_button.click()
+    assert ins.clip_rows[0]["path"] == seen[1]
+    assert ins.strips.decoded == 3  # only clips that were shown got decoded
+
+
+def test_unreadable_clip_is_reported_not_raised(run, tmp_path):
+    preds = Predictions(["missing.mp4"], [0], [[2.0, 0.0]])
+    ins = ConfusionInspector({("m", "adapt_bn"): preds}, class_names=["a", "b"], data_root=tmp_path)
+    ins.cell_button(0, 0).click()
+    row = ins.clip_rows[0]
+    assert not row["thumbnail"] and "file not found" in row["error"]
+
+
+def test_constructor_rejects_bad_input(run):
+    with pytest.raises(ValueError, match="at least one"):
+        ConfusionInspector({}, class_names=CLASSES, data_root=run.data_root)
+    with pytest.raises(ValueError, match="4 classes, class_names has 3"):
+        ConfusionInspector(run.sources, class_names=CLASSES[:3], data_root=run.data_root)
+    with pytest.raises(IndexError, match="outside"):
+        _inspector(run).select(4, 0)
+
+
+def test_dense_grid_for_many_classes_has_no_text():
+    k = 30
+    labels = np.arange(60) % k
+    logits = np.eye(k, dtype=np.float32)[labels]
+    ins = ConfusionInspector({("m", "pi1"): Predictions([f"{i}.mp4" for i in range(60)], labels, logits)},
+                             class_names=[f"c{i}" for i in range(k)], data_root=".")
+    assert ins.cell_button(5, 5).description == "" and "c5 -> c5: 2 clip(s)" in ins.cell_button(5, 5).tooltip
+
+
+def test_frame_strip_and_gamma():
+    assert gamma_correct(np.array([0, 16, 255], dtype=np.uint8), 0.25).tolist() == [0, 128, 255]
+    with pytest.raises(Exception, match="file not found"):
+        FrameStrips().png("/nonexistent.mp4", gamma=None)
