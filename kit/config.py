@@ -118,7 +118,7 @@ class ThresholdConfig:
     value: Any = None  # fixed: a number or a per-class list; quantile: fraction kept per round
     per_round: list[Any] | None = None  # value for round 1..R (overrides `value`)
     target_precision: float = 0.9  # precision strategy: per-class precision target on val
-    min_count: int = 1  # precision strategy: keep at least this many clips per class
+    min_count: int = 1  # precision strategy: the threshold must keep at least this many val clips
 
 
 @dataclass
@@ -141,6 +141,8 @@ class EnsembleConfig:
     space: Literal["prob", "logit"] = "prob"
     temperature: bool = False  # per-model temperature scaling fitted on val
     submission: bool = True  # write the challenge CSV for the test list
+    submission_video: Literal["name", "path"] = "name"  # Video column: file name (challenge) or list path
+    submission_ids: Literal["index", "stem"] = "index"  # VideoID: row index, or numeric file-name stem
 
 
 @dataclass
