@@ -1,0 +1,138 @@
+"""Adapt BN: re-estimate BatchNorm running statistics on unlabelled target-domain (dark) clips.
+
+Precise-BN style, as the method describes: every ``_BatchNorm`` layer's ``running_mean`` and
+``running_var`` are recomputed from scratch as the equal-weight average, over the batches seen,
+of the per-batch statistics the layer computes in training mode: the batch mean, and the
+*unbiased* batch variance (what PyTorch stores in ``running_var``). Not the exponential
+momentum blend of ordinary training. Affine weights and every other parameter and buffer are
+left untouched; ``num_batches_tracked`` ends equal to the number of batches used.
+
+During the pass the model is in eval mode except its BatchNorm layers, so dropout and drop path
+are off; every module's train/eval mode is restored afterwards. A model without BatchNorm
+(MViT uses LayerNorm only) is reported with a warning: Adapt BN changes nothing for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from kit import distributed as D
+
+log = logging.getLogger(__name__)
+
+NO_BN_WARNING = "model has no BatchNorm layers (e.g. MViT uses LayerNorm only): Adapt BN changes nothing"
+
+
+@dataclass
+class AdaptBNReport:
+    """What :func:`adapt_bn` did: BN layers re-estimated, clips and batches used, and any warning."""
+
+    bn_layers: int
+    clips: int
+    batches: int
+    warning: str | None = None
+    time_s: float = 0.0
+
+    def __str__(self) -> str:
+        if self.warning:
+            return f"Adapt BN: {self.warning}"
+        return f"Adapt BN: {self.bn_layers} BatchNorm layers re-estimated on {self.clips} clips ({self.batches} batches)"
+
+
+def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics."""
+    return [
+        m for m in D.unwrap(model).modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
+def _clips(batch) -> torch.Tensor | None:
+    # (B, S, C, T, H, W) -> (B*S, C, T, H, W): every sample of a clip is one more input
+    video = batch["video"] if isinstance(batch, dict) else batch
+    if video is None:
+        return None
+    return video.flatten(0, 1) if video.ndim == 6 else video
+
+
+@torch.no_grad()
+def adapt_bn(
+    model: nn.Module,
+    loader,
+    *,
+    num_batches: int = 200,
+    device: str | torch.device,
+    amp: bool = True,
+) -> AdaptBNReport:
+    """Recompute every BatchNorm layer's running mean and variance on at most ``num_batches`` batches.
+
+    ``loader`` yields batches of the kit.data contract (``batch["video"]`` of shape
+    ``(B, C, T, H, W)`` or ``(B, S, C, T, H, W)``; batches with ``video=None`` are skipped) or
+    plain video tensors. The statistics stay untouched until a first usable batch arrives, so an
+    empty loader never wipes them. Under DDP each process adapts on its shard with
+    ``ceil(num_batches / world_size)`` batches and the statistics are averaged over all
+    processes' batches (equal weight per batch); a rank that saw no batch has weight 0, but its
+    statistics are then the others' average, so all ranks end with the same buffers. ``amp`` enables bf16
+    autocast on CUDA (ignored on CPU).
+    """
+    device = torch.device(device)
+    layers = bn_layers(model)
+    per_process = -(-num_batches // D.world_size())  # the processes share the batch budget
+    if not layers:
+        log.warning(NO_BN_WARNING)
+        return AdaptBNReport(bn_layers=0, clips=0, batches=0, warning=NO_BN_WARNING)
+
+    net = D.unwrap(model)  # forward without DDP's gradient hooks and buffer broadcasts
+    modes = {m: m.training for m in net.modules()}
+    momenta = {bn: bn.momentum for bn in layers}
+    start = time.perf_counter()
+    batches = clips = 0
+    try:
+        net.eval()
+        for bn in layers:
+            bn.train()
+            bn.momentum = None  # PyTorch then keeps a cumulative (equal-weight) average
+        for batch in loader:
+            if batches >= per_process:
+                break
+            video = _clips(batch)
+            if video is None:
+                continue
+            if batches == 0:
+                for bn in layers:
+                    bn.reset_running_stats()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                net(video.to(device, non_blocking=True))
+            batches += 1
+            clips += video.shape[0]
+    finally:
+        for bn, momentum in momenta.items():
+            bn.momentum = momentum
+        for m, training in modes.items():
+            m.train(training)
+
+    if D.is_distributed():
+        # average over all processes' batches: weight each process's average by its batch count
+        total = D.all_reduce_sum(torch.tensor(float(batches), device=device))
+        clips = int(D.all_reduce_sum(torch.tensor(float(clips), device=device)))
+        if total > 0:
+            for bn in layers:
+                for buf in (bn.running_mean, bn.running_var):
+                    buf.copy_(D.all_reduce_sum(buf * batches) / total)
+                bn.num_batches_tracked.fill_(int(total))
+        batches = int(total)
+
+    warning = None
+    if batches == 0:
+        warning = "the adaptation loader gave no usable batch: BatchNorm statistics left as they were"
+        log.warning(warning)
+    report = AdaptBNReport(
+        bn_layers=len(layers), clips=clips, batches=batches, warning=warning, time_s=time.perf_counter() - start
+    )
+    log.info("%s in %.1fs", report, report.time_s)
+    return report
