@@ -19,6 +19,8 @@ Example::
     fit = fit_weights(val, objective="nll", temperatures=temps)
     log.info("\\n%s", fit.to_frame())
     fused_test = apply_weights(fit, test_files)       # kind "probs", same clips as the test list
+
+    fit = ensemble_weights(params.ensemble, val)      # the same, as the params ask
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ class FitResult:
 
     ``score``, ``equal_weight_score``, ``best_single`` and ``per_model`` are values of ``objective``
     (accuracy: higher is better; nll: lower is better). ``accuracy`` and ``nll`` hold both metrics
-    for every row of :meth:`to_frame` (each model, ``equal``, ``fitted``).
+    for every row of :meth:`to_frame` (each model, ``equal``, ``ensemble`` = these weights).
     """
 
     names: list[str]
@@ -300,16 +302,17 @@ class FitResult:
     space: str = "prob"
     temperatures: list[float] = field(default_factory=list)
     fell_back_to_equal: bool = False
+    fitted: bool = True  # False: the weights were given (equal or a list), only scored here
     accuracy: dict[str, float] = field(default_factory=dict)
     nll: dict[str, float] = field(default_factory=dict)
 
     def to_frame(self):
-        """One row per model, then ``equal`` and ``fitted``: weight, accuracy, nll (pandas DataFrame)."""
+        """One row per model, then ``equal`` and ``ensemble``: weight, accuracy, nll (pandas DataFrame)."""
         import pandas as pd
 
         weights = dict(zip(self.names, self.weights, strict=True))
         rows = []
-        for name in [*self.names, "equal", "fitted"]:
+        for name in [*self.names, "equal", "ensemble"]:
             w = weights.get(name, float("nan"))
             rows.append(
                 {"model": name, "weight": w, "accuracy": self.accuracy[name], "nll": self.nll[name]}
@@ -328,6 +331,7 @@ class FitResult:
             "space": self.space,
             "temperatures": self.temperatures,
             "fell_back_to_equal": self.fell_back_to_equal,
+            "fitted": self.fitted,
             "accuracy": self.accuracy,
             "nll": self.nll,
         }
@@ -400,6 +404,40 @@ def fit_weights(
     label -1 are ignored. If the fitted weights score worse than equal weights, equal weights are
     returned (``fell_back_to_equal``). The equal-weight and best-single baselines are logged.
     """
+    return _weights_result(preds_val, labels, None, objective, space, temperatures)
+
+
+def score_weights(
+    preds_val: Sequence[PredictionsLike],
+    weights=None,
+    labels=None,
+    *,
+    objective: str = "accuracy",
+    space: str = "prob",
+    temperatures: Sequence[float] | None = None,
+) -> FitResult:
+    """Like :func:`fit_weights` for given ``weights`` (None = equal): their score and the baselines."""
+    if weights is None:
+        weights = [1.0] * len(preds_val)
+    return _weights_result(preds_val, labels, weights, objective, space, temperatures)
+
+
+def ensemble_weights(cfg, preds_val: Sequence[PredictionsLike]) -> FitResult:
+    """Weights as ``cfg`` (a :class:`kit.config.EnsembleConfig`) asks, scored on labelled ``preds_val``.
+
+    ``cfg.temperature`` fits one temperature per model first; ``cfg.weights`` is ``"fit"``
+    (:func:`fit_weights` with ``cfg.objective``), ``"equal"`` or a list, one weight per model.
+    """
+    temps = fit_temperatures(preds_val) if cfg.temperature else None
+    if cfg.weights == "fit":
+        return fit_weights(preds_val, objective=cfg.objective, space=cfg.space, temperatures=temps)
+    weights = [1.0] * len(preds_val) if cfg.weights == "equal" else cfg.weights
+    return score_weights(
+        preds_val, weights, objective=cfg.objective, space=cfg.space, temperatures=temps
+    )
+
+
+def _weights_result(preds_val, labels, weights, objective, space, temperatures) -> FitResult:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     preds = _as_predictions(preds_val)
@@ -409,7 +447,7 @@ def fit_weights(
         raise ValueError(f"{y.shape[0]} labels for {len(preds[0])} clips")
     idx = np.flatnonzero(y >= 0)
     if idx.size == 0:
-        raise ValueError("fit_weights needs labelled clips (labels >= 0); all are -1")
+        raise ValueError("ensemble weights need labelled clips (labels >= 0); all are -1")
     if y.max() >= preds[0].num_classes:
         raise ValueError(f"label {y.max()} out of range for {preds[0].num_classes} classes")
     y = y[idx]
@@ -428,19 +466,25 @@ def fit_weights(
     equal = np.full(m, 1.0 / m)
     rows = {n: metrics(np.eye(m)[i]) for i, n in enumerate(names)}
     rows["equal"] = metrics(equal)
-    w = _fit_accuracy(stack, y) if objective == "accuracy" else _fit_nll(stack, y, space)
+    fell_back = False
+    if weights is not None:
+        w = normalise_weights(weights, m)
+    elif objective == "accuracy":
+        w = _fit_accuracy(stack, y)
+    else:
+        w = _fit_nll(stack, y, space)
     w = normalise_weights(np.clip(w, 0.0, None), m)
-    rows["fitted"] = metrics(w)
-    fell_back = better(rows["equal"][objective], rows["fitted"][objective])
-    if fell_back:
+    rows["ensemble"] = metrics(w)
+    if weights is None and better(rows["equal"][objective], rows["ensemble"][objective]):
+        fell_back = True
         log.warning(
             "fitted weights %s score %s %.4f, worse than equal weights (%.4f): using equal weights",
             np.round(w, 4).tolist(),
             objective,
-            rows["fitted"][objective],
+            rows["ensemble"][objective],
             rows["equal"][objective],
         )
-        w, rows["fitted"] = equal, rows["equal"]
+        w, rows["ensemble"] = equal, rows["equal"]
     per_model = {n: rows[n][objective] for n in names}
     best_name = names[0]
     for n in names[1:]:
@@ -450,18 +494,20 @@ def fit_weights(
         names=names,
         weights=[float(x) for x in w],
         objective=objective,
-        score=rows["fitted"][objective],
+        score=rows["ensemble"][objective],
         equal_weight_score=rows["equal"][objective],
         best_single=(best_name, per_model[best_name]),
         per_model=per_model,
         space=space,
         temperatures=temps,
-        fell_back_to_equal=bool(fell_back),
+        fell_back_to_equal=fell_back,
+        fitted=weights is None,
         accuracy={k: v["accuracy"] for k, v in rows.items()},
         nll={k: v["nll"] for k, v in rows.items()},
     )
     log.info(
-        "ensemble weights (%s, %s space) %s: %s %.4f | equal %.4f | best single %s %.4f",
+        "ensemble weights (%s, %s, %s space) %s: %s %.4f | equal %.4f | best single %s %.4f",
+        "fitted" if result.fitted else "given",
         objective,
         space,
         dict(zip(names, np.round(w, 4).tolist(), strict=True)),

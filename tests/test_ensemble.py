@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from kit import ensemble
-from kit.ensemble import apply_weights, fit_temperature, fit_temperatures, fit_weights, fuse
+from kit.ensemble import (
+    apply_weights,
+    ensemble_weights,
+    fit_temperature,
+    fit_temperatures,
+    fit_weights,
+    fuse,
+)
 from kit.predictions import Predictions, PredictionsMismatch
 
 PATHS = ["a.mp4", "b.mp4"]
@@ -125,9 +132,9 @@ def test_fit_weights_beats_or_equals_equal_weights(objective):
     # the reported score is what the weights give
     fused = fuse([good, bad], fit.weights)
     acc = float((fused.scores.argmax(1) == y).mean())
-    assert fit.accuracy["fitted"] == pytest.approx(acc)
+    assert fit.accuracy["ensemble"] == pytest.approx(acc)
     frame = fit.to_frame()
-    assert list(frame.index) == ["good", "bad", "equal", "fitted"]
+    assert list(frame.index) == ["good", "bad", "equal", "ensemble"]
     json.dumps(fit.to_dict())
 
 
@@ -178,3 +185,22 @@ def test_fit_temperature_recovers_overconfidence():
     with pytest.raises(ValueError, match="needs logits"):
         fit_temperature(probs)
     assert fit_temperatures([probs]) == [1.0]
+
+
+def test_ensemble_weights_from_config():
+    from kit.config import EnsembleConfig
+
+    good, bad, y = synthetic_models()
+    given = ensemble_weights(
+        EnsembleConfig(weights=[0.375, 0.625], objective="accuracy"), [good, bad]
+    )
+    assert given.weights == [0.375, 0.625] and not given.fitted and not given.fell_back_to_equal
+    expected = (fuse([good, bad], [0.375, 0.625]).scores.argmax(1) == y).mean()
+    assert given.score == pytest.approx(expected)
+    equal = ensemble_weights(EnsembleConfig(weights="equal"), [good, bad])
+    assert equal.weights == [0.5, 0.5] and equal.score == equal.equal_weight_score
+    fitted = ensemble_weights(
+        EnsembleConfig(weights="fit", objective="nll", temperature=True), [good, bad]
+    )
+    assert fitted.fitted and len(fitted.temperatures) == 2 and fitted.temperatures != [1.0, 1.0]
+    assert fitted.score <= fitted.equal_weight_score
