@@ -1,0 +1,136 @@
+"""kit.adapt_bn: BatchNorm statistics re-estimated as true batch averages, nothing else touched."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+
+from kit.adapt_bn import NO_BN_WARNING, adapt_bn, bn_layers
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyCNN(nn.Module):
+    """(B, 3, T, H, W) -> (B, 3) with BatchNorm, a LayerNorm-free head and dropout between the convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Conv3d(3, 6, 3, padding=1), nn.BatchNorm3d(6), nn.ReLU())
+        self.drop = nn.Dropout(0.5)  # must be off during Adapt BN or the next BN sees noise
+        self.block2 = nn.Sequential(nn.Conv3d(6, 8, 3, padding=1), nn.BatchNorm3d(8), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+
+    def forward(self, x):
+        x = self.block2(self.drop(self.block1(x)))
+        return self.head(x.mean(dim=(2, 3, 4)))
+
+
+class NoBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(3)
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(x.mean(dim=(2, 3, 4))))
+
+
+def batches(n=5, b=4, *, seed=0, shift=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"video": torch.randn(b, 3, 4, 8, 8, generator=g) * 3 + shift, "label": torch.zeros(b, dtype=torch.int64),
+             "bad": []} for _ in range(n)]
+
+
+def direct_stats(model, videos):
+    """Per BN layer: the average over batches of the batch mean and unbiased batch variance of its input."""
+    net = copy.deepcopy(model).eval()
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in layers:
+        bn.train()  # normalise with batch statistics, as the adaptation pass does
+    seen = {bn: [] for bn in layers}
+    hooks = [bn.register_forward_pre_hook(lambda m, inp: seen[m].append(inp[0].detach())) for bn in layers]
+    with torch.no_grad():
+        for v in videos:
+            net(v)
+    for h in hooks:
+        h.remove()
+    out = []
+    for bn in layers:
+        dims = [d for d in range(seen[bn][0].ndim) if d != 1]
+        means = torch.stack([x.mean(dim=dims) for x in seen[bn]])
+        vars_ = torch.stack([x.var(dim=dims, unbiased=True) for x in seen[bn]])
+        out.append((means.mean(0), vars_.mean(0)))
+    return out
+
+
+def test_adapt_bn_sets_true_batch_averages_and_touches_nothing_else():
+    torch.manual_seed(0)
+    model = TinyCNN()
+    model.train()
+    model.head.eval()  # a mixed-mode model: every module's mode must come back as it was
+    data = batches(5)
+    expected = direct_stats(model, [b["video"] for b in data[:3]])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    momenta = [bn.momentum for bn in bn_layers(model)]
+
+    report = adapt_bn(model, data, num_batches=3, device="cpu")
+
+    assert (report.bn_layers, report.batches, report.clips, report.warning) == (3, 3, 12, None)
+    for bn, (mean, var) in zip(bn_layers(model), expected, strict=True):
+        assert torch.allclose(bn.running_mean, mean, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(bn.running_var, var, rtol=1e-5, atol=1e-6)
+        assert int(bn.num_batches_tracked) == 3
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    for k, v in model.state_dict().items():
+        if not k.endswith(stats):
+            assert torch.equal(v, before[k]), k
+        elif k.endswith("running_mean"):
+            assert not torch.equal(v, before[k]), k  # the statistics really moved
+    assert [bn.momentum for bn in bn_layers(model)] == momenta
+    assert model.training and model.block1.training and model.drop.training and not model.head.training
+    assert not model.head[1].training
+
+
+def test_samples_are_flattened_and_all_bad_batches_skipped():
+    torch.manual_seed(0)
+    model = TinyCNN()
+    data = batches(2, b=2)
+    expected = direct_stats(model, [b["video"] for b in data])
+    with_samples = [{"video": data[0]["video"].view(1, 2, 3, 4, 8, 8), "bad": []},  # (B, S, C, T, H, W)
+                    {"video": None, "bad": ["x.mp4"]},
+                    {"video": data[1]["video"], "bad": []}]
+    report = adapt_bn(model, with_samples, num_batches=10, device="cpu")
+    assert (report.batches, report.clips) == (2, 4)
+    for bn, (mean, var) in zip(bn_layers(model), expected, strict=True):
+        assert torch.allclose(bn.running_mean, mean, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(bn.running_var, var, rtol=1e-5, atol=1e-6)
+
+
+def test_model_without_batchnorm_is_reported_not_silently_skipped(caplog):
+    model = NoBN()
+    before = copy.deepcopy(model.state_dict())
+    with caplog.at_level(logging.WARNING, logger="kit.adapt_bn"):
+        report = adapt_bn(model, batches(2), device="cpu")
+    assert report.warning == NO_BN_WARNING and report.bn_layers == 0 and report.batches == 0
+    assert "no BatchNorm" in str(report)
+    assert any(r.levelno == logging.WARNING and "no BatchNorm" in r.getMessage() for r in caplog.records)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_an_empty_loader_leaves_the_statistics_alone():
+    model = TinyCNN()
+    adapt_bn(model, batches(2), device="cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = adapt_bn(model, [{"video": None, "bad": ["a.mp4"]}], device="cpu")
+    assert report.batches == 0 and "no usable batch" in report.warning
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
