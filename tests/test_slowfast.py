@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 from pathlib import Path
 
 import pytest
@@ -11,22 +10,13 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-slowfast = importlib.import_module("kit.models.slowfast")
+from kit.models import create_model, list_models, load_pretrained, slowfast
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ARCH_KEYS = (
     "width_per_group", "alpha", "beta_inv", "fusion_conv_channel_ratio", "fusion_kernel_size",
     "num_block_temp_kernel", "num_classes", "frames", "crop",
 )
-
-
-def create_model(name, **overrides):
-    # kit.models re-exports the registry once its __init__ exists; the registry itself is the same function
-    try:
-        from kit.models import create_model as create
-    except ImportError:
-        from kit.models._registry import create_model as create
-    return create(name, **overrides)
 
 
 def read_keys(path: Path) -> list[tuple[str, tuple[int, ...]]]:
@@ -51,6 +41,14 @@ def golden_model(golden):
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def golden_features(golden, golden_model):
+    with torch.no_grad():
+        return golden_model.forward_pathways(
+            slowfast.pack_pathway(golden["input"], alpha=golden["config"]["alpha"])
+        )
+
+
 def test_golden_logits_match_pyslowfast(golden, golden_model):
     with torch.no_grad():
         logits = golden_model(golden["input"])
@@ -58,23 +56,35 @@ def test_golden_logits_match_pyslowfast(golden, golden_model):
     torch.testing.assert_close(logits, golden["logits"], atol=1e-4, rtol=0)
 
 
-def test_golden_slow_indices_and_widths(golden, golden_model):
+def test_golden_slow_indices_and_widths(golden, golden_features):
     cfg = golden["config"]
     assert slowfast.slow_frame_indices(cfg["frames"], alpha=cfg["alpha"]).tolist() == cfg[
         "slow_input_frame_indices"
     ]
-    with torch.no_grad():
-        slow, fast = golden_model.forward_pathways(
-            slowfast.pack_pathway(golden["input"], alpha=cfg["alpha"])
-        )
+    slow, fast = golden_features
     assert [slow.shape[1], fast.shape[1]] == cfg["head_in_features_slow_fast"]
 
 
-def test_global_pool_equals_pyslowfast_avgpool_on_golden_size(golden, golden_model):
+def test_load_pretrained_wrapped_checkpoint_with_other_head(golden):
+    # an official .pyth keeps weights under "model_state"; a Kinetics head has another class count
+    cfg = {k: golden["config"][k] for k in ARCH_KEYS if k != "num_classes"}
+    model = create_model("slowfast_r50", num_classes=5, **cfg)
+    head_init = model.head.projection.weight.clone()
+    report = load_pretrained(model, {"model_state": golden["state_dict"]})
+    assert sorted(report.dropped) == ["head.projection.bias", "head.projection.weight"]
+    assert not report.inflated
+    state = model.state_dict()
+    for key, value in golden["state_dict"].items():
+        if not key.startswith("head."):
+            assert torch.equal(state[key], value), key
+    assert torch.equal(model.head.projection.weight, head_init)
+
+
+def test_global_pool_equals_pyslowfast_avgpool_on_golden_size(golden, golden_model, golden_features):
     head = golden_model.head
     assert head.pool_kernels == [tuple(k) for k in golden["config"]["head_pool_kernel_slow_fast"]]
+    features = golden_features
     with torch.no_grad():
-        features = golden_model.forward_pathways(slowfast.pack_pathway(golden["input"], alpha=4))
         # PySlowFast: stride-1 AvgPool3d, concat, Linear per position, then mean over positions
         pooled = [nn.AvgPool3d(k, stride=1)(f) for k, f in zip(head.pool_kernels, features, strict=True)]
         assert all(p.shape[2:] == (1, 1, 1) for p in pooled)
@@ -198,6 +208,4 @@ def test_clear_errors():
 
 
 def test_registered_names():
-    from kit.models._registry import list_models
-
     assert {"slowfast_r50", "slowfast_r101", "slowfast_tiny"} <= set(list_models("slowfast_*"))

@@ -298,6 +298,10 @@ class SlowFast(nn.Module):
         """
         self.grad_checkpointing = enable
 
+    def get_classifier(self) -> nn.Linear:
+        """The final Linear layer (``head.projection``), e.g. for dropping a checkpoint's head."""
+        return self.head.projection
+
     def forward_pathways(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
         """Features ``[slow (B, Cs, T/alpha, h, w), fast (B, Cf, T, h, w)]`` from the split input."""
         for name in self._stage_names:
