@@ -140,6 +140,7 @@ class EnsembleConfig:
     objective: Literal["accuracy", "nll"] = "nll"
     space: Literal["prob", "logit"] = "prob"
     temperature: bool = False  # per-model temperature scaling fitted on val
+    class_bias: bool = False  # per-class log-prior correction fitted on val (kit.ensemble.fit_class_bias)
     submission: bool = True  # write the challenge CSV for the test list
     submission_video: Literal["name", "path"] = "name"  # Video column: file name (challenge) or list path
     submission_ids: Literal["index", "stem"] = "index"  # VideoID: row index, or numeric file-name stem

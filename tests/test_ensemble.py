@@ -204,3 +204,24 @@ def test_ensemble_weights_from_config():
     )
     assert fitted.fitted and len(fitted.temperatures) == 2 and fitted.temperatures != [1.0, 1.0]
     assert fitted.score <= fitted.equal_weight_score
+
+
+def test_class_bias_undoes_a_constructed_prior_shift():
+    from kit.ensemble import apply_class_bias, fit_class_bias
+
+    rng = np.random.default_rng(3)
+    n, k = 3000, 4
+    y = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), y] += 2.0
+    shift = np.array([-1.5, 0.5, 0.5, 0.5])  # the model under-predicts class 0
+    shifted = softmax(logits + shift)
+    val = Predictions(paths=[str(i) for i in range(n)], labels=y, scores=shifted, kind="probs")
+    bias = fit_class_bias(val)
+    assert bias.mean() == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(bias, -(shift - shift.mean()), atol=0.25)
+    fixed = apply_class_bias(val, bias)
+    assert fixed.kind == "probs" and fixed.meta["class_bias"] == bias.tolist()
+    assert (fixed.scores.argmax(1) == y).mean() > (shifted.argmax(1) == y).mean() + 0.02
+    with pytest.raises(ValueError, match="3 entries for 4 classes"):
+        apply_class_bias(val, [0.0, 0.0, 0.0])
