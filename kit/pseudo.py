@@ -14,14 +14,16 @@ its predicted class. Threshold strategies (``pseudo.threshold.strategy``):
 A threshold of ``inf`` keeps nothing. Protocols (``params.protocol``): ``clean`` keeps ``val``
 out of the pool, ``transductive`` lets the evaluation clips join it (:func:`build_pool`).
 
-Example::
+Example (one round; the stage driver predicts the pool and checks files against ``pool.paths``)::
 
-    pool = build_pool(read_list(unlabeled), val=read_list(val), protocol=params.protocol)
-    fused = kit.ensemble.fuse(pool_prediction_files)       # check_against(pool.paths) first
-    thr = thresholds_for(params.pseudo.threshold, round, fused, val=fused_val)
-    mask, labels = select(fused.probs(), thr)
-    report = selection_report(fused, thr, true_labels=..., round=round, protocol=pool.protocol)
-    write_pseudo_list(out / "pseudo.csv", np.array(fused.paths)[mask], labels[mask], fused.probs()[mask])
+    pool = build_pool(read_list(root / "unlabeled.csv", k), val=read_list(root / "val.csv", k),
+                      protocol=params.protocol)
+    fused = kit.ensemble.fuse(pool_prediction_files)            # kind "probs"
+    truth, source = known_labels(fused, hidden=read_hidden_labels(root), protocol=pool.protocol)
+    report, mask = select_round(params.pseudo.threshold, round, fused, out_dir=layout.pseudo_dir(round),
+                                val=fused_val, true_labels=truth, label_source=source,
+                                class_names=classes, protocol=pool.protocol)
+    report.to_frame()                                           # the notebook's table
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def thresholds_for(
 
     ``strategy_cfg`` is a :class:`kit.config.ThresholdConfig`; ``fused_pool`` the fused pool
     predictions (or their probabilities ``(N, K)``); ``val`` the fused labelled val predictions,
-    needed by ``precision`` only. Classes that keep nothing get ``inf`` (logged).
+    needed by ``precision`` only. Classes that keep nothing get ``inf`` (a warning for ``precision``).
     """
     if round < 1:
         raise ValueError(f"pseudo-label rounds count from 1, got {round}")
