@@ -31,7 +31,8 @@ from kit.video import VideoReadError, num_frames, read_frames
 
 log = logging.getLogger(__name__)
 
-NORMALIZE_OPTIONS = [("counts", None), ("rows (recall)", "true"), ("columns (precision)", "pred")]
+# a Dropdown shows no selection for the value None, so counts get a name of their own
+NORMALIZE_OPTIONS = [("counts", "counts"), ("rows (recall)", "true"), ("columns (precision)", "pred")]
 CELL_CLASS = "nk-cell"  # CSS classes let a browser test find the parts
 CLIP_CLASS = "nk-clip"
 THUMB_CLASS = "nk-thumb"
@@ -107,7 +108,7 @@ class ConfusionInspector:
     """
 
     def __init__(self, sources: dict[tuple[str, str], Predictions], *, class_names, data_root,
-                 gamma: float = 0.25, page_size: int = 6, frames: int = 4, thumb_height: int = 56):
+                 gamma: float = 0.25, page_size: int = 6, frames: int = 4, thumb_height: int = 64):
         import ipywidgets as W
 
         if not sources:
@@ -135,9 +136,10 @@ class ConfusionInspector:
         self.model_dropdown = W.Dropdown(options=self.models, value=first_model, description="model")
         self.stage_dropdown = W.Dropdown(options=self._stages(first_model), description="stage")
         self.stage_dropdown.value = self._stages(first_model)[-1]
-        self.normalize_dropdown = W.Dropdown(options=NORMALIZE_OPTIONS, value=None, description="values")
+        self.normalize_dropdown = W.Dropdown(options=NORMALIZE_OPTIONS, value="counts", description="values")
         self.gamma_toggle = W.ToggleButton(value=True, description=f"gamma {gamma}", icon="sun",
                                            tooltip="brighten the (nearly black) frames with gamma correction")
+        self.gamma_toggle.add_class("nk-gamma")
         self.status = W.HTML()
 
         # ---- the matrix: a header row, then one row of buttons per true class
@@ -153,7 +155,7 @@ class ConfusionInspector:
         for i, name in enumerate(self.class_names):
             label = f"{i} {name}" if dense else name
             cells.append(W.HTML(f"<div style='font-size:{9 if dense else 12}px;white-space:nowrap'>"
-                                f"{html.escape(label)}</div>"))
+                                f"{html.escape(label)}</div>", layout=W.Layout(align_self="center")))
             row = []
             for j in range(self.k):
                 b = W.Button(layout=W.Layout(width=f"{side}px", height=f"{side}px", padding="0", margin="0"))
@@ -207,7 +209,12 @@ class ConfusionInspector:
     @property
     def shown_values(self) -> np.ndarray:
         """``(K, K)`` values the cells show and are coloured by (counts or normalised)."""
-        return confusion.normalize(self._cm, self.normalize_dropdown.value)
+        return confusion.normalize(self._cm, self._normalize_by)
+
+    @property
+    def _normalize_by(self) -> str | None:
+        how = self.normalize_dropdown.value
+        return None if how == "counts" else how
 
     def cell_button(self, i: int, j: int):
         """The button of cell (true ``i``, predicted ``j``)."""
@@ -231,7 +238,9 @@ class ConfusionInspector:
 
     def set_normalize(self, how: str | None) -> None:
         """Cell values: ``None`` counts, ``"true"`` row-normalised, ``"pred"`` column-normalised."""
-        self.normalize_dropdown.value = how
+        if how not in confusion.NORMALIZE:
+            raise ValueError(f"normalize must be one of {confusion.NORMALIZE}, got {how!r}")
+        self.normalize_dropdown.value = "counts" if how is None else how
 
     def set_gamma(self, on: bool) -> None:
         """Gamma-correct the frame strips (on) or show the raw dark frames (off)."""
@@ -297,7 +306,7 @@ class ConfusionInspector:
         from matplotlib import colormaps
         from matplotlib.colors import to_hex
 
-        how = self.normalize_dropdown.value
+        how = self._normalize_by
         values = self.shown_values
         top = values.max() if how is None else 1.0
         cmap = colormaps["Blues"]

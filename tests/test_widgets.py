@@ -90,6 +90,11 @@ def test_normalisation_changes_the_cell_values(run):
     np.testing.assert_allclose(ins.shown_values.sum(axis=0), 1.0)
     ins.set_normalize(None)
     assert ins.cell_button(0, 3).description == "2"
+    assert ins.normalize_dropdown.label == "counts"  # a visible choice, not an empty dropdown
+    ins.normalize_dropdown.value = "true"  # what a person picking "rows (recall)" does
+    assert ins.cell_button(0, 3).description == "0.67"
+    with pytest.raises(ValueError, match="normalize"):
+        ins.set_normalize("rows")
 
 
 def test_gamma_toggle_brightens_and_frames_are_decoded_once(run):
