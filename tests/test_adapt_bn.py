@@ -134,3 +134,24 @@ def test_an_empty_loader_leaves_the_statistics_alone():
     report = adapt_bn(model, [{"video": None, "bad": ["a.mp4"]}], device="cpu")
     assert report.batches == 0 and "no usable batch" in report.warning
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_real_models_uniformer_adapts_with_drop_path_off_and_mvit_is_reported(caplog):
+    from kit.models import create_model
+
+    torch.manual_seed(0)
+    uniformer = create_model("uniformer_tiny", num_classes=3, drop_path_rate=0.5).train()
+    data = [{"video": torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(i)), "bad": []}
+            for i in range(3)]
+    expected = direct_stats(uniformer, [b["video"] for b in data])  # drop path off, as Adapt BN must do
+    report = adapt_bn(uniformer, data, num_batches=3, device="cpu")
+    assert report.bn_layers == len(bn_layers(uniformer)) > 0 and report.warning is None
+    for bn, (mean, var) in zip(bn_layers(uniformer), expected, strict=True):
+        assert torch.allclose(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(bn.running_var, var, rtol=1e-4, atol=1e-5)
+    assert uniformer.training
+
+    mvit = create_model("mvit_tiny", num_classes=3)
+    with caplog.at_level(logging.WARNING, logger="kit.adapt_bn"):
+        report = adapt_bn(mvit, data, device="cpu")
+    assert report.warning == NO_BN_WARNING and "MViT" in report.warning

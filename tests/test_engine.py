@@ -254,3 +254,50 @@ def test_predict_sums_views_times_crops_and_round_trips(tmp_path):
     assert np.array_equal(back.scores, preds.scores) and back.meta["model"] == "tiny"
     ev = engine.evaluate(net, loader(ds, batch_size=3, shuffle=False), device="cpu", num_classes=K, progress=False)
     assert ev["n"] == 6 and ev["confusion"].shape == (K, K)
+
+
+def test_fit_predict_on_real_videos_with_uniformer_tiny(tiny_data_dir, tmp_path):
+    from kit.data import VideoDataset, build_loader, read_classes
+    from kit.models import create_model
+    from kit.transforms import EvalPreset, TrainPreset
+
+    k = len(read_classes(tiny_data_dir))
+    train = VideoDataset(tiny_data_dir, "labeled.csv", frames=8, train=True, num_samples=2,
+                         transform=TrainPreset(crop=32, scale=(0.5, 1.0)))
+    tta = EvalPreset(crop=32, short_side=40, crops=3, gamma=0.25)
+    val = VideoDataset(tiny_data_dir, "val.csv", frames=8, train=False, views=2, transform=tta)
+    torch.manual_seed(0)
+    net = create_model("uniformer_tiny", num_classes=k)
+    out = engine.fit(net, build_loader(train, batch_size=2, train=True), val_loader=build_loader(val, batch_size=2, train=False),
+                     params=cfg(epochs=2, grad_checkpointing=True), out_dir=tmp_path / "run", device="cpu",
+                     num_classes=k, progress=False)
+    assert out.finished and out.history[-1]["clips"] == 6 * 2 and np.isfinite(out.history[-1]["loss"])
+    preds = engine.predict(net, val, device="cpu", batch_size=2, progress=False)
+    assert preds.scores.shape == (3, k) and preds.paths == val.paths
+    assert (preds.meta["views"], preds.meta["crops"], preds.meta["gamma"], preds.meta["samples_per_clip"]) == (2, 3, 0.25, 6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
+def test_fit_on_cuda_with_autocast_resume_and_predict(tmp_path, amp_dtype):
+    from kit.adapt_bn import adapt_bn
+    from kit.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("uniformer_tiny", num_classes=K)
+    ds = Clips(16)
+    ds.base = torch.nn.functional.interpolate(ds.base, size=(8, 32, 32))  # (N, 3, 8, 32, 32)
+    params = cfg(epochs=2, amp=True, amp_dtype=amp_dtype)
+    part = engine.fit(net, loader(ds), params=params, out_dir=tmp_path, device="cuda", num_classes=K,
+                      progress=False, stop_after_epoch=1)
+    ckpt = engine.load_checkpoint(tmp_path / "checkpoint.pth")
+    assert (ckpt["scaler"] is not None) == (amp_dtype == "float16")
+    out = engine.fit(net, loader(ds), val_loader=loader(ds, shuffle=False), params=params, out_dir=tmp_path,
+                     device="cuda", num_classes=K, progress=False)
+    assert part.epochs_done == 1 and out.finished and len(out.history) == 2
+    assert all(np.isfinite(r["loss"]) for r in out.history)
+    assert next(net.parameters()).is_cuda
+    report = adapt_bn(net, loader(ds), num_batches=2, device="cuda")
+    assert report.batches == 2 and report.warning is None
+    preds = engine.predict(net, loader(ds, shuffle=False), device="cuda", progress=False)
+    assert preds.scores.shape == (16, K) and np.isfinite(preds.scores).all()

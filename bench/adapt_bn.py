@@ -1,0 +1,112 @@
+"""Cost of Adapt BN against one inference pass over the same clips (target: ratio <= 1.1).
+
+Run ``python bench/adapt_bn.py`` (CPU, tiny models, 8 frames x 64 px) or, on a GPU,
+``python bench/adapt_bn.py --device cuda --models uniformer_b,slowfast_r101 --frames 32 --size 224``.
+``run_benchmark(...)`` returns the rows as dicts for a benchmark suite.
+
+Both passes see the same batches, already in memory, so data loading is left out: the ratio
+measures the model work alone (Adapt BN runs its BatchNorm layers in training mode, which
+computes batch statistics, and inference runs them in eval mode). Each time is the best of
+``repeats`` runs after one warm-up batch; CUDA is synchronised. Autocast (bf16) on CUDA in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from functools import partial
+
+import torch
+
+from kit.adapt_bn import adapt_bn, bn_layers
+from kit.models import create_model
+
+logger = logging.getLogger(__name__)
+
+TINY = ("uniformer_tiny", "slowfast_tiny")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _inference_pass(model, clips, device) -> None:
+    model.eval()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for video in clips:
+            model(video)
+
+
+def _best_time(fn, device, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run_benchmark(
+    *,
+    models=TINY,
+    device: str = "cpu",
+    batches: int = 8,
+    batch_size: int = 4,
+    frames: int = 8,
+    size: int = 64,
+    repeats: int = 3,
+    num_classes: int = 11,
+) -> list[dict]:
+    """One row per model: ``{model, device, batches, batch_size, frames, size, bn_layers, infer_s, adapt_s, ratio}``."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.randn(batch_size, 3, frames, size, size, generator=g).to(device) for _ in range(batches)]
+    rows = []
+    for name in models:
+        model = create_model(name, num_classes=num_classes).to(device)
+        n_bn = len(bn_layers(model))
+        _inference_pass(model, clips[:1], device)  # warm-up: kernels, allocator
+        infer_s = _best_time(partial(_inference_pass, model, clips, device), device, repeats)
+        adapt_s = _best_time(partial(adapt_bn, model, clips, num_batches=batches, device=device), device, repeats)
+        rows.append({
+            "model": name, "device": str(device), "batches": batches, "batch_size": batch_size, "frames": frames,
+            "size": size, "bn_layers": n_bn, "infer_s": round(infer_s, 4), "adapt_s": round(adapt_s, 4),
+            "ratio": round(adapt_s / infer_s, 3) if n_bn else None,  # no BatchNorm: Adapt BN does nothing
+        })
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(TINY), help="comma-separated registered model names")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=4, help="clips per batch")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = run_benchmark(
+        models=[m for m in args.models.split(",") if m], device=args.device, batches=args.batches,
+        batch_size=args.batch, frames=args.frames, size=args.size, repeats=args.repeats,
+    )
+    keys = list(rows[0])
+    print(" | ".join(keys))
+    for r in rows:
+        print(" | ".join(str(r[k]) for k in keys))
+    worst = max((r["ratio"] for r in rows if r["ratio"] is not None), default=None)
+    print(f"worst ratio Adapt BN / inference: {worst} (target <= 1.1)")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    raise SystemExit(main())
