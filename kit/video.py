@@ -56,8 +56,11 @@ def read_frames(path, indices) -> np.ndarray:
     return out
 
 
-def write_mp4(path, frames: np.ndarray, *, fps: int = 25, crf: int = 18) -> Path:
-    """Write uint8 frames ``(T, H, W, 3)`` (RGB) as an H.264 mp4. H and W must be even."""
+def write_mp4(path, frames: np.ndarray, *, fps: int = 25, crf: int = 18, threads: int | None = None) -> Path:
+    """Write uint8 frames ``(T, H, W, 3)`` (RGB) as an H.264 mp4. H and W must be even.
+
+    ``threads``: encoder threads (None = libx264's choice); 1 suits many encodes in parallel processes.
+    """
     import av
 
     frames = np.asarray(frames)
@@ -73,6 +76,8 @@ def write_mp4(path, frames: np.ndarray, *, fps: int = 25, crf: int = 18) -> Path
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}
+        if threads is not None:
+            stream.options = {**stream.options, "threads": str(threads)}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

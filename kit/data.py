@@ -1,0 +1,598 @@
+"""Data directories, clip lists, the video dataset and its loaders.
+
+A data directory holds ``classes.txt`` (line i = name of class i) and header-less CSV lists
+``relative/path,label`` (label -1 = unlabelled); pseudo-label lists add the class probabilities,
+``path,label,prob0,...,probK-1``. The standard lists are ``labeled.csv`` (normal light),
+``unlabeled.csv`` (dark pool), ``val.csv`` (labelled dark clips held out) and ``test.csv``.
+
+Example::
+
+    ds = build_dataset(params, "val", train=False, views=2, crops=3)
+    ds[0]["video"].shape                      # (6, 3, T, crop, crop): views x crops, view-major
+    loader = build_loader(ds, batch_size=8, train=False, num_workers=2, seed=0)
+
+Command line: ``python -m kit.data check DATA_DIR [--lists a.csv b.csv]`` prints a report per
+list and exits non-zero on problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+)
+
+from kit.sampling import sample_indices
+from kit.transforms import EvalPreset, TrainPreset
+from kit.video import VideoReadError, open_video
+
+log = logging.getLogger(__name__)
+
+CLASSES_FILE = "classes.txt"
+STANDARD_LISTS = ("labeled.csv", "unlabeled.csv", "val.csv", "test.csv")
+SPLITS = ("labeled", "unlabeled", "val", "test")
+
+
+class DataListError(ValueError):
+    """A malformed ``classes.txt`` or clip list. The message names the file and line."""
+
+
+# ---------------------------------------------------------------- classes and lists
+
+
+def read_classes(data_dir) -> list[str]:
+    """Class names from ``DATA_DIR/classes.txt`` (line i = class i); fails on blanks or duplicates."""
+    path = Path(data_dir) / CLASSES_FILE
+    if not path.is_file():
+        raise DataListError(f"{path}: not found (a data directory needs {CLASSES_FILE})")
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = []
+    for lineno, line in enumerate(lines, 1):
+        name = line.strip()
+        if not name:
+            raise DataListError(f"{path}:{lineno}: empty class name")
+        if name in names:
+            raise DataListError(
+                f"{path}:{lineno}: class {name!r} repeats line {names.index(name) + 1}"
+            )
+        names.append(name)
+    if not names:
+        raise DataListError(f"{path}: no classes")
+    return names
+
+
+@dataclass
+class VideoList:
+    """A clip list: ``paths`` as written, ``labels`` int64 ``(N,)``, ``probs`` float32 ``(N, K)`` or None."""
+
+    paths: list[str]
+    labels: np.ndarray
+    probs: np.ndarray | None = None
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def read_list(path, num_classes: int | None) -> VideoList:
+    """Read a clip list ``path,label[,prob0..probK-1]``.
+
+    Fails with :class:`DataListError` naming file and line on a malformed line, a label outside
+    ``[-1, num_classes)``, or probabilities whose count is not ``num_classes`` (``None`` skips the
+    range checks). Blank lines are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataListError(f"{path}: list not found")
+    paths, labels, probs = [], [], []
+    width = None
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        where = f"{path}:{lineno}"
+        if len(fields) < 2 or not fields[0]:
+            raise DataListError(f"{where}: expected 'path,label[,probs...]', got {line!r}")
+        if width is None:
+            width = len(fields)
+        elif len(fields) != width:
+            raise DataListError(f"{where}: {len(fields)} columns where earlier lines have {width}")
+        try:
+            label = int(fields[1])
+        except ValueError:
+            raise DataListError(f"{where}: label {fields[1]!r} is not an integer") from None
+        if label < -1 or (num_classes is not None and label >= num_classes):
+            raise DataListError(f"{where}: label {label} outside [-1, {num_classes}) in {line!r}")
+        if len(fields) > 2:
+            if num_classes is not None and len(fields) - 2 != num_classes:
+                raise DataListError(
+                    f"{where}: {len(fields) - 2} probabilities for {num_classes} classes"
+                )
+            try:
+                p = [float(v) for v in fields[2:]]
+            except ValueError:
+                raise DataListError(
+                    f"{where}: probabilities must be numbers, got {fields[2:]}"
+                ) from None
+            if not all(math.isfinite(v) and v >= 0 for v in p):
+                raise DataListError(f"{where}: probabilities must be finite and >= 0, got {p}")
+            probs.append(p)
+        paths.append(fields[0])
+        labels.append(label)
+    if not paths:
+        log.warning("%s: the list is empty", path)
+    return VideoList(
+        paths=paths,
+        labels=np.asarray(labels, dtype=np.int64),
+        probs=np.asarray(probs, dtype=np.float32) if probs else None,
+        source=str(path),
+    )
+
+
+def write_list(path, paths, labels, *, probs=None) -> Path:
+    """Write a clip list: ``path,label`` lines, or ``path,label,prob0..probK-1`` with ``probs (N, K)``."""
+    path = Path(path)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(paths) != len(labels):
+        raise ValueError(f"{path}: {len(paths)} paths but {len(labels)} labels")
+    if probs is not None:
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.ndim != 2 or len(probs) != len(paths):
+            raise ValueError(f"{path}: probs must be (N={len(paths)}, K), got {probs.shape}")
+    lines = []
+    for i, (p, y) in enumerate(zip(paths, labels, strict=True)):
+        if "," in str(p) or "\n" in str(p):
+            raise ValueError(f"{path}: clip path {p!r} contains a comma or newline")
+        row = [str(p), str(int(y))]
+        if probs is not None:
+            row += [f"{v:.6g}" for v in probs[i]]
+        lines.append(",".join(row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def resolve_list(root, list_file) -> Path:
+    """A list named relative to the data directory, or any existing path."""
+    p = Path(list_file)
+    if p.is_absolute() or (not (Path(root) / p).exists() and p.exists()):
+        return p
+    return Path(root) / p
+
+
+# ---------------------------------------------------------------- dataset
+
+
+class VideoDataset(Dataset):
+    """Clips of a list, decoded with decord and transformed.
+
+    ``dataset[i]`` is ``{"video": float32, "label": int, "index": i}`` (+ ``"probs": (K,)`` for
+    pseudo lists). ``video`` is ``(C, T, H, W)``, or ``(S, C, T, H, W)`` when one clip yields S
+    samples: ``num_samples`` augmented copies in training, or ``views * crops`` at evaluation
+    (view-major, see :func:`kit.transforms.tta_combinations`). With ``skip_bad_videos`` a clip
+    that cannot be read yields ``{"bad": path_as_listed, "index": i}`` instead of raising
+    :class:`kit.video.VideoReadError`.
+    """
+
+    def __init__(
+        self,
+        root,
+        list_file,
+        *,
+        frames: int,
+        transform,
+        train: bool,
+        sampling: str = "uniform",
+        stride: int = 2,
+        views: int = 1,
+        num_samples: int = 1,
+        num_classes: int | None = None,
+        skip_bad_videos: bool = False,
+    ):
+        self.root = Path(root)
+        if num_classes is None and (self.root / CLASSES_FILE).is_file():
+            num_classes = len(read_classes(self.root))
+        self.num_classes = num_classes
+        self.list = read_list(resolve_list(self.root, list_file), num_classes)
+        self.frames, self.sampling, self.stride = frames, sampling, stride
+        self.transform, self.train = transform, train
+        if train and views != 1:
+            raise ValueError(f"training samples one temporal view per clip, got views={views}")
+        self.views = views
+        self.num_samples = num_samples if train else 1
+        self.skip_bad_videos = skip_bad_videos
+
+    @property
+    def paths(self) -> list[str]:
+        return self.list.paths
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.list.labels
+
+    def __len__(self) -> int:
+        return len(self.list)
+
+    def __repr__(self) -> str:
+        return (
+            f"VideoDataset({self.list.source}, clips={len(self)}, frames={self.frames}, "
+            f"sampling={self.sampling}, train={self.train}, views={self.views}, "
+            f"num_samples={self.num_samples}, transform={self.transform!r})"
+        )
+
+    def _decode_views(self, path: Path) -> list[np.ndarray]:
+        # one reader per item, opened here so that each worker process owns its own
+        vr = open_video(path, num_threads=1)
+        n = len(vr)
+        rng = None
+        if self.train:
+            # derive from torch's RNG, which DataLoader seeds per worker from the loader's generator
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        per_view = [
+            sample_indices(
+                n,
+                self.frames,
+                sampling=self.sampling,
+                stride=self.stride,
+                train=self.train,
+                rng=rng,
+                views=self.views,
+                view=v,
+            )
+            for v in range(self.views)
+        ]
+        wanted = np.unique(np.concatenate(per_view))
+        try:
+            batch = vr.get_batch(wanted.tolist()).asnumpy()
+        except Exception as exc:  # decord raises DECORDError or RuntimeError mid-stream
+            raise VideoReadError(
+                path, f"decoding frames failed ({exc.__class__.__name__}: {str(exc)[:200]})"
+            ) from exc
+        return [batch[np.searchsorted(wanted, idx)] for idx in per_view]
+
+    def __getitem__(self, i: int) -> dict:
+        rel = self.list.paths[i]
+        try:
+            views = self._decode_views(self.root / rel)
+        except VideoReadError as exc:
+            if not self.skip_bad_videos:
+                raise
+            log.warning("skipping bad video (item %d): %s", i, exc)
+            return {"bad": rel, "index": i}
+        if self.train:
+            samples = [self.transform(views[0]) for _ in range(self.num_samples)]
+        else:
+            samples = []
+            for frames in views:
+                out = self.transform(frames)
+                samples.extend(out.unbind(0) if out.ndim == 5 else [out])
+        item = {
+            "video": samples[0] if len(samples) == 1 else torch.stack(samples),
+            "label": int(self.list.labels[i]),
+            "index": i,
+        }
+        if self.list.probs is not None:
+            item["probs"] = torch.from_numpy(self.list.probs[i])
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack dataset items: ``video (B, ...)``, ``label (B,)`` and ``index (B,)`` int64,
+    ``probs (B, K)`` when present, ``bad``: paths of skipped clips. ``video`` is None when every
+    item was bad."""
+    good = [it for it in items if "bad" not in it]
+    out: dict = {"bad": [it["bad"] for it in items if "bad" in it]}
+    if not good:
+        out.update(
+            video=None,
+            label=torch.empty(0, dtype=torch.int64),
+            index=torch.empty(0, dtype=torch.int64),
+        )
+        return out
+    out["video"] = torch.stack([it["video"] for it in good])
+    out["label"] = torch.tensor([it["label"] for it in good], dtype=torch.int64)
+    out["index"] = torch.tensor([it["index"] for it in good], dtype=torch.int64)
+    if "probs" in good[0]:
+        out["probs"] = torch.stack([it["probs"] for it in good])
+    return out
+
+
+# ---------------------------------------------------------------- building from params
+
+_FROM_PARAMS = object()  # sentinel: gamma not given
+
+
+def build_dataset(
+    params, split: str, *, train: bool, gamma=_FROM_PARAMS, views: int = 1, crops: int = 1
+) -> VideoDataset:
+    """A :class:`VideoDataset` for ``split`` built from ``params`` (:class:`kit.config.Params`).
+
+    ``split``: ``"labeled"``, ``"unlabeled"``, ``"val"``, ``"test"`` (list names from
+    ``params.data``) or a path to a list. ``train=True``: random sampling and
+    :class:`~kit.transforms.TrainPreset`; otherwise :class:`~kit.transforms.EvalPreset` with
+    ``views`` x ``crops``. ``gamma``: when not given, None (off) for training and
+    ``params.eval.gamma`` for evaluation; pass it explicitly for Adapt BN and pseudo-labelling.
+    """
+    d = params.data
+    if split in SPLITS:
+        list_file = getattr(d, split)
+        if list_file is None:
+            raise ValueError(f"params.data.{split} is null: no {split} list in this run")
+    else:
+        list_file = split
+    if gamma is _FROM_PARAMS:
+        gamma = None if train else params.eval.gamma
+    num_classes = len(read_classes(d.root))
+    if train:
+        transform = TrainPreset(
+            crop=d.crop,
+            scale=d.train_scale,
+            hflip=d.hflip,
+            randaugment=d.randaugment,
+            random_erasing=d.random_erasing,
+            mean=d.mean,
+            std=d.std,
+            gamma=gamma,
+        )
+    else:
+        transform = EvalPreset(
+            crop=d.crop, short_side=d.short_side, crops=crops, mean=d.mean, std=d.std, gamma=gamma
+        )
+    return VideoDataset(
+        d.root,
+        list_file,
+        frames=d.frames,
+        transform=transform,
+        train=train,
+        sampling=d.sampling,
+        stride=d.stride,
+        views=1 if train else views,
+        num_samples=d.num_samples if train else 1,
+        num_classes=num_classes,
+        skip_bad_videos=d.skip_bad_videos,
+    )
+
+
+def build_loader(
+    dataset,
+    *,
+    batch_size: int,
+    train: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    distributed: bool | None = None,
+    drop_last: bool | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader with :func:`collate`: shuffled with a seeded generator in training, in list
+    order otherwise; a :class:`DistributedSampler` when ``torch.distributed`` is initialised
+    (``distributed=None``: detect; call ``loader.sampler.set_epoch(epoch)`` each epoch).
+    ``drop_last`` defaults to True in training when the data holds more than one batch, so that
+    BatchNorm never sees a batch of one clip.
+    """
+    if distributed is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    generator = torch.Generator().manual_seed(seed)
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=False)
+    elif train:
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    if drop_last is None:
+        drop_last = train and len(sampler) > batch_size
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+    )
+
+
+def ensure_data(data_cfg) -> Path:
+    """The data directory of ``params.data``; generates the synthetic set there first when
+    ``synthetic`` is on and ``classes.txt`` is missing."""
+    root = Path(data_cfg.root)
+    if data_cfg.synthetic and not (root / CLASSES_FILE).exists():
+        from kit.synth import generate
+
+        log.info("generating the synthetic data set into %s", root)
+        generate(
+            root,
+            clips_per_class=data_cfg.synthetic_clips_per_class,
+            seed=data_cfg.synthetic_seed,
+            size=data_cfg.synthetic_size,
+            frames=data_cfg.synthetic_frames,
+        )
+    return root
+
+
+# ---------------------------------------------------------------- check
+
+
+@dataclass
+class DataCheck:
+    """Report of :func:`check_data`: one row per list, and the problems found."""
+
+    data_dir: str
+    classes: list[str]
+    rows: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def table(self) -> list[dict]:
+        """Rows with per-class counts as one column per class (for a DataFrame)."""
+        out = []
+        for row in self.rows:
+            flat = {k: v for k, v in row.items() if k not in ("per_class", "unreadable")}
+            flat["unreadable"] = len(row["unreadable"])
+            flat.update(row["per_class"])
+            out.append(flat)
+        return out
+
+
+def _default_lists(root: Path) -> list[str]:
+    found = sorted(p.name for p in root.glob("*.csv"))
+    return [n for n in STANDARD_LISTS if n in found] + [n for n in found if n not in STANDARD_LISTS]
+
+
+def check_data(data_dir, *, lists=None, max_clips: int = 20, frames_per_clip: int = 4) -> DataCheck:
+    """Check a data directory: classes, lists, files; decode ``frames_per_clip`` frames of up to
+    ``max_clips`` clips per list (evenly spread) for frame counts, resolution and brightness.
+
+    Every listed file is checked for existence and size; only the sampled ones are decoded.
+    Brightness is the mean pixel value on a 0..1 scale (ARID's dark clips: about 0.05).
+    """
+    root = Path(data_dir)
+    try:
+        classes = read_classes(root)
+    except DataListError as exc:
+        return DataCheck(str(root), [], problems=[str(exc)])
+    report = DataCheck(str(root), classes)
+    if lists is None:
+        lists = _default_lists(root)
+        for required in STANDARD_LISTS[:2]:
+            if required not in lists:
+                report.problems.append(f"{root / required}: standard list missing")
+    for name in lists:
+        try:
+            vl = read_list(resolve_list(root, name), len(classes))
+        except DataListError as exc:
+            report.problems.append(str(exc))
+            continue
+        unreadable = []
+        for p in vl.paths:
+            f = root / p
+            if not f.is_file():
+                unreadable.append(f"{p}: file not found")
+            elif f.stat().st_size == 0:
+                unreadable.append(f"{p}: file is empty")
+        bad = {u.split(": ")[0] for u in unreadable}
+        sample = (
+            [
+                vl.paths[int(i)]
+                for i in np.unique(np.linspace(0, len(vl) - 1, min(max_clips, len(vl))).round())
+            ]
+            if len(vl)
+            else []
+        )
+        counts, sizes, means = [], set(), []
+        for p in sample:
+            if p in bad:
+                continue
+            try:
+                vr = open_video(root / p, num_threads=1)
+                idx = sample_indices(len(vr), frames_per_clip, train=False)
+                frames = vr.get_batch(np.unique(idx).tolist()).asnumpy()
+            except Exception as exc:  # any decode failure is what the check reports
+                unreadable.append(f"{p}: {exc}")
+                continue
+            counts.append(len(vr))
+            sizes.add(f"{frames.shape[2]}x{frames.shape[1]}")
+            means.append(frames.mean() / 255.0)
+        labels = vl.labels
+        row = {
+            "list": name,
+            "clips": len(vl),
+            "labelled": int((labels >= 0).sum()),
+            "unlabelled": int((labels < 0).sum()),
+            "pseudo_probs": vl.probs is not None,
+            "per_class": {c: int((labels == k).sum()) for k, c in enumerate(classes)},
+            "unreadable": unreadable,
+            "decoded": len(counts),
+            "frames_min": min(counts) if counts else None,
+            "frames_max": max(counts) if counts else None,
+            "resolution": ", ".join(sorted(sizes)),
+            "brightness": round(float(np.mean(means)), 4) if means else None,
+        }
+        report.rows.append(row)
+        for u in unreadable:
+            report.problems.append(f"{name}: {u}")
+        if not len(vl):
+            report.problems.append(f"{name}: the list is empty")
+        if name == STANDARD_LISTS[0]:
+            empty = [c for c, n in row["per_class"].items() if n == 0]
+            if empty:
+                report.notes.append(f"{name}: no labelled clips for classes {empty}")
+    return report
+
+
+def format_check(report: DataCheck) -> str:
+    """A plain-text rendering of :class:`DataCheck` for the terminal."""
+    cols = [
+        "list",
+        "clips",
+        "labelled",
+        "unlabelled",
+        "unreadable",
+        "decoded",
+        "frames_min",
+        "frames_max",
+        "resolution",
+        "brightness",
+    ]
+    table = report.table()
+    lines = [f"data directory {report.data_dir}: {len(report.classes)} classes"]
+    if table:
+        widths = {c: max(len(c), *(len(str(r[c])) for r in table)) for c in cols}
+        lines.append("  ".join(c.ljust(widths[c]) for c in cols))
+        lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in table]
+        lines.append("per class:")
+        for row in report.rows:
+            lines.append(
+                f"  {row['list']}: " + ", ".join(f"{c}={n}" for c, n in row["per_class"].items())
+            )
+    lines += [f"note: {n}" for n in report.notes]
+    lines += [f"PROBLEM: {p}" for p in report.problems]
+    lines.append("OK" if report.ok else f"{len(report.problems)} problem(s)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kit.data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="report on a data directory; exit 1 on problems")
+    check.add_argument("data_dir")
+    check.add_argument(
+        "--lists", nargs="+", help="lists to check (default: every *.csv in DATA_DIR)"
+    )
+    check.add_argument("--max-clips", type=int, default=20, help="clips decoded per list")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "check":
+        report = check_data(args.data_dir, lists=args.lists, max_clips=args.max_clips)
+        if args.json:
+            print(json.dumps(report.__dict__, indent=1))
+        else:
+            print(format_check(report))
+        return 0 if report.ok else 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

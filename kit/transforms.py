@@ -1,0 +1,251 @@
+"""Clip transforms: gamma correction, train and eval presets, test-time augmentation (TTA).
+
+Presets take decoded frames, uint8 ``(T, H, W, 3)`` (numpy or torch), and return a normalised
+float32 clip ``(C, T, H, W)``. Resizing and cropping run on uint8 tensors for the whole clip at
+once; only RandAugment (timm's, which works on PIL images) goes frame by frame, replaying the
+same sampled operations on every frame so that a clip stays one consistent clip.
+
+Example::
+
+    train = TrainPreset(crop=224, randaugment="rand-m7-n4-mstd0.5", random_erasing=0.25)
+    clip = train(frames)                       # (3, T, 224, 224) float32
+    test = EvalPreset(crop=224, crops=3, gamma=0.25)
+    clips = test(frames)                       # (3 crops, 3, T, 224, 224)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import functional as TF
+
+log = logging.getLogger(__name__)
+
+MEAN = (0.45, 0.45, 0.45)
+STD = (0.225, 0.225, 0.225)
+
+
+# ---------------------------------------------------------------- gamma
+
+
+@lru_cache(maxsize=32)
+def gamma_lut(gamma: float) -> np.ndarray:
+    """256-entry uint8 lookup table of ``255 * (x / 255) ** gamma`` (gamma < 1 brightens)."""
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    x = np.arange(256, dtype=np.float64) / 255.0
+    lut = np.round(255.0 * x**gamma).clip(0, 255).astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
+
+
+def apply_gamma(frames, gamma: float | None):
+    """Gamma-correct uint8 frames of any shape through :func:`gamma_lut`; ``gamma=None`` is a no-op.
+
+    Returns the same kind (numpy array or torch tensor) as given.
+    """
+    if gamma is None:
+        return frames
+    lut = gamma_lut(float(gamma))
+    if isinstance(frames, torch.Tensor):
+        if frames.dtype != torch.uint8:
+            raise TypeError(f"gamma works on uint8 frames, got {frames.dtype}")
+        return torch.from_numpy(np.take(lut, frames.cpu().numpy()))
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        raise TypeError(f"gamma works on uint8 frames, got {frames.dtype}")
+    return np.take(lut, frames)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _to_tchw(frames) -> torch.Tensor:
+    # decoded frames (T, H, W, 3) uint8 -> (T, 3, H, W) view; torchvision ops want channels before H, W
+    t = (
+        frames
+        if isinstance(frames, torch.Tensor)
+        else torch.from_numpy(np.ascontiguousarray(frames))
+    )
+    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {t.dtype} {tuple(t.shape)}")
+    return t.permute(0, 3, 1, 2)
+
+
+def normalize(
+    clip_tchw: torch.Tensor, *, mean: Sequence[float] = MEAN, std: Sequence[float] = STD
+) -> torch.Tensor:
+    """uint8 ``(T, C, H, W)`` -> float32 ``(C, T, H, W)`` with ``(x / 255 - mean) / std``."""
+    x = clip_tchw.permute(1, 0, 2, 3).contiguous().float()
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(-1, 1, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)]).view(-1, 1, 1, 1)
+    return x.mul_(scale).sub_(shift)
+
+
+def _resize_short(clip_tchw: torch.Tensor, short_side: int) -> torch.Tensor:
+    h, w = clip_tchw.shape[-2:]
+    if min(h, w) == short_side:
+        return clip_tchw
+    return TF.resize(clip_tchw, [short_side], antialias=True)
+
+
+# ---------------------------------------------------------------- presets
+
+
+class TrainPreset:
+    """Training augmentation of one clip: uint8 ``(T, H, W, 3)`` -> float32 ``(C, T, crop, crop)``.
+
+    Gamma (optional), RandomResizedCrop (area ``scale``), horizontal flip with probability
+    ``hflip``, timm RandAugment (``randaugment`` spec like ``"rand-m7-n4-mstd0.5"``, same ops for
+    every frame), normalisation, timm RandomErasing with probability ``random_erasing`` (same
+    region in every frame). Crop and flip draw from torch's RNG, RandAugment and erasing from
+    Python's ``random``: DataLoader workers seed both.
+    """
+
+    def __init__(
+        self,
+        *,
+        crop: int,
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        hflip: float = 0.5,
+        randaugment: str | None = None,
+        random_erasing: float = 0.0,
+        mean: Sequence[float] = MEAN,
+        std: Sequence[float] = STD,
+        gamma: float | None = None,
+    ):
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
+        self.crop = int(crop)
+        self.scale = tuple(float(s) for s in scale)
+        self.ratio = tuple(float(r) for r in ratio)
+        self.hflip = float(hflip)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.gamma = gamma
+        self.randaugment = randaugment
+        self._ra = None
+        if randaugment:
+            from timm.data.auto_augment import rand_augment_transform
+
+            hparams = {
+                "translate_const": int(self.crop * 0.45),
+                "img_mean": tuple(int(round(255 * m)) for m in self.mean),
+            }
+            self._ra = rand_augment_transform(randaugment, hparams)
+        self.random_erasing = float(random_erasing)
+        self._erase = None
+        if self.random_erasing > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self._erase = RandomErasing(probability=self.random_erasing, mode="pixel", device="cpu")
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainPreset(crop={self.crop}, scale={self.scale}, hflip={self.hflip}, "
+            f"randaugment={self.randaugment!r}, random_erasing={self.random_erasing}, gamma={self.gamma})"
+        )
+
+    def _rand_augment(self, clip_tchw: torch.Tensor) -> torch.Tensor:
+        from PIL import Image
+
+        # replay the RNG state for each frame so every frame gets the same ops and magnitudes
+        py_state, np_state = random.getstate(), np.random.get_state()
+        frames = clip_tchw.permute(0, 2, 3, 1).numpy()
+        out = np.empty_like(frames)
+        for i, frame in enumerate(frames):
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            out[i] = np.asarray(self._ra(Image.fromarray(frame)))
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    def __call__(self, frames) -> torch.Tensor:
+        """``frames``: uint8 ``(T, H, W, 3)``. Returns float32 ``(C, T, crop, crop)``."""
+        clip = _to_tchw(apply_gamma(frames, self.gamma))
+        top, left, h, w = RandomResizedCrop.get_params(clip, list(self.scale), list(self.ratio))
+        clip = TF.resized_crop(clip, top, left, h, w, [self.crop, self.crop], antialias=True)
+        if self.hflip > 0 and torch.rand(()) < self.hflip:
+            clip = clip.flip(-1)
+        if self._ra is not None:
+            clip = self._rand_augment(clip)
+        x = normalize(clip, mean=self.mean, std=self.std)
+        if self._erase is not None:
+            c, t, hh, ww = x.shape
+            # frames of one clip share the erased rectangle: erase the (C*T, H, W) stack at once
+            x = self._erase(x.view(c * t, hh, ww)).view(c, t, hh, ww)
+        return x
+
+
+class EvalPreset:
+    """Evaluation transform: uint8 ``(T, H, W, 3)`` -> float32 ``(C, T, crop, crop)`` for one crop,
+    or ``(crops, C, T, crop, crop)`` for ``crops=3``.
+
+    Gamma (optional), resize of the short side to ``short_side`` (default ``crop * 8 / 7``
+    rounded), then the centre crop, or 3 crops along the long side (left/centre/right for
+    landscape frames, top/centre/bottom for portrait ones).
+    """
+
+    def __init__(
+        self,
+        *,
+        crop: int,
+        short_side: int | None = None,
+        crops: int = 1,
+        mean: Sequence[float] = MEAN,
+        std: Sequence[float] = STD,
+        gamma: float | None = None,
+    ):
+        if crops not in (1, 3):
+            raise ValueError(f"crops must be 1 (centre) or 3 (left/centre/right), got {crops}")
+        self.crop = int(crop)
+        self.short_side = int(short_side) if short_side is not None else int(round(crop * 8 / 7))
+        if self.short_side < self.crop:
+            raise ValueError(f"short_side {self.short_side} is smaller than crop {self.crop}")
+        self.crops = crops
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.gamma = gamma
+
+    def __repr__(self) -> str:
+        return (
+            f"EvalPreset(crop={self.crop}, short_side={self.short_side}, crops={self.crops}, "
+            f"gamma={self.gamma})"
+        )
+
+    def crop_boxes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(top, left) of each crop in a frame of the resized size, in output order."""
+        c = self.crop
+        ct, cl = (height - c) // 2, (width - c) // 2
+        if self.crops == 1:
+            return [(ct, cl)]
+        if width >= height:
+            return [(ct, 0), (ct, cl), (ct, width - c)]
+        return [(0, cl), (ct, cl), (height - c, cl)]
+
+    def __call__(self, frames) -> torch.Tensor:
+        """``frames``: uint8 ``(T, H, W, 3)``. Returns ``(C, T, crop, crop)`` or ``(crops, C, T, crop, crop)``."""
+        clip = _resize_short(_to_tchw(apply_gamma(frames, self.gamma)), self.short_side)
+        h, w = clip.shape[-2:]
+        c = self.crop
+        outs = [
+            normalize(clip[..., top : top + c, left : left + c], mean=self.mean, std=self.std)
+            for top, left in self.crop_boxes(h, w)
+        ]
+        return outs[0] if self.crops == 1 else torch.stack(outs)
+
+
+def tta_combinations(*, views: int, crops: int) -> Iterator[tuple[int, int, int]]:
+    """Every test-time augmentation ``(index, view, crop)``, view-major: ``index = view * crops + crop``.
+
+    This is the order of the ``S = views * crops`` samples of an evaluation item ``(S, C, T, H, W)``.
+    """
+    if views < 1 or crops < 1:
+        raise ValueError(f"views and crops must be >= 1, got views={views} crops={crops}")
+    for view in range(views):
+        for crop in range(crops):
+            yield view * crops + crop, view, crop

@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+import torch
+
+from kit.transforms import (
+    EvalPreset,
+    TrainPreset,
+    apply_gamma,
+    gamma_lut,
+    normalize,
+    tta_combinations,
+)
+
+
+def _clip(t=4, h=64, w=64, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(t, h, w, 3), dtype=np.uint8)
+
+
+def test_gamma_lut_values():
+    lut = gamma_lut(0.25)
+    assert lut.dtype == np.uint8 and lut.shape == (256,)
+    assert lut[0] == 0 and lut[255] == 255
+    assert lut[1] == 64  # 255 * (1/255) ** 0.25 = 63.8
+    assert lut[16] == round(255 * (16 / 255) ** 0.25)
+    assert np.all(np.diff(lut.astype(int)) >= 0)
+    assert np.array_equal(gamma_lut(1.0), np.arange(256))
+    with pytest.raises(ValueError):
+        gamma_lut(0)
+
+
+def test_apply_gamma_numpy_tensor_and_off():
+    frames = _clip()
+    assert apply_gamma(frames, None) is frames
+    out = apply_gamma(frames, 0.25)
+    assert out.dtype == np.uint8 and out.shape == frames.shape
+    assert np.array_equal(out, gamma_lut(0.25)[frames])
+    t = apply_gamma(torch.from_numpy(frames), 0.25)
+    assert isinstance(t, torch.Tensor) and torch.equal(t, torch.from_numpy(out))
+    with pytest.raises(TypeError):
+        apply_gamma(frames.astype(np.float32), 0.25)
+
+
+def test_normalize_layout_and_values():
+    x = torch.full((4, 3, 8, 8), 115, dtype=torch.uint8)  # 115/255 = 0.451
+    out = normalize(x)
+    assert out.shape == (3, 4, 8, 8) and out.dtype == torch.float32
+    assert torch.allclose(out, torch.full_like(out, (115 / 255 - 0.45) / 0.225))
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_train_preset_shape_dtype(as_tensor):
+    frames = _clip(t=5, h=64, w=96)
+    preset = TrainPreset(crop=32, randaugment="rand-m7-n4-mstd0.5", random_erasing=0.25)
+    out = preset(torch.from_numpy(frames) if as_tensor else frames)
+    assert out.shape == (3, 5, 32, 32) and out.dtype == torch.float32
+
+
+def test_train_preset_randaugment_same_ops_for_every_frame():
+    still = np.repeat(_clip(t=1), 6, axis=0)  # six identical frames
+    preset = TrainPreset(crop=48, randaugment="rand-m9-n4-mstd0.5", hflip=0.5)
+    torch.manual_seed(0)
+    for _ in range(5):
+        out = preset(still)
+        assert all(torch.equal(out[:, 0], out[:, i]) for i in range(1, 6))
+
+
+def test_train_preset_erases_the_same_rectangle_in_every_frame():
+    still = np.repeat(_clip(t=1), 3, axis=0)
+    preset = TrainPreset(crop=48, scale=(1, 1), ratio=(1, 1), hflip=0.0, random_erasing=1.0)
+    plain = TrainPreset(crop=48, scale=(1, 1), ratio=(1, 1), hflip=0.0)(still)
+    out = preset(still)
+    changed = [(out[:, i] != plain[:, i]).any(0) for i in range(3)]
+    assert changed[0].any() and changed[0].float().mean() < 1
+    rows, cols = torch.nonzero(changed[0], as_tuple=True)
+    box = changed[0][rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert box.float().mean() > 0.95  # a filled rectangle
+    for c in changed[1:]:
+        assert torch.equal(c, changed[0])
+
+
+def test_train_preset_flip_and_gamma():
+    frames = _clip(t=2, seed=3)
+    kw = dict(crop=64, scale=(1, 1), ratio=(1, 1), mean=(0, 0, 0), std=(1, 1, 1))
+    plain = TrainPreset(hflip=0.0, **kw)(frames)
+    flipped = TrainPreset(hflip=1.0, **kw)(frames)
+    assert torch.allclose(flipped, plain.flip(-1))
+    bright = TrainPreset(hflip=0.0, gamma=0.25, **kw)(frames)
+    expected = torch.from_numpy(gamma_lut(0.25)[frames]).permute(3, 0, 1, 2).float() / 255
+    assert torch.allclose(bright, expected)
+    with pytest.raises(ValueError):
+        TrainPreset(crop=32, scale=(0.5, 1.5))
+
+
+def test_eval_preset_centre_crop_shape():
+    out = EvalPreset(crop=32, short_side=40)(_clip(t=3, h=64, w=96))
+    assert out.shape == (3, 3, 32, 32) and out.dtype == torch.float32
+    assert EvalPreset(crop=56).short_side == 64  # default crop * 8 / 7
+
+
+def test_eval_preset_three_crops_left_centre_right():
+    frames = _clip(t=2, h=64, w=96, seed=1)
+    kw = dict(crop=64, short_side=64, mean=(0, 0, 0), std=(1, 1, 1))
+    out = EvalPreset(crops=3, **kw)(frames)
+    assert out.shape == (3, 3, 2, 64, 64)
+    full = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255
+    for k, left in enumerate([0, 16, 32]):
+        assert torch.allclose(out[k], full[..., left : left + 64])
+    assert torch.allclose(EvalPreset(crops=1, **kw)(frames), out[1])
+
+
+def test_eval_preset_three_crops_top_centre_bottom_on_portrait():
+    frames = _clip(t=2, h=96, w=64, seed=2)
+    out = EvalPreset(crop=64, short_side=64, crops=3, mean=(0, 0, 0), std=(1, 1, 1))(frames)
+    full = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255
+    for k, top in enumerate([0, 16, 32]):
+        assert torch.allclose(out[k], full[..., top : top + 64, :])
+
+
+def test_eval_preset_gamma_and_errors():
+    dark = np.full((2, 64, 64, 3), 16, dtype=np.uint8)
+    out = EvalPreset(crop=64, short_side=64, gamma=0.25)(dark)
+    assert torch.allclose(out, torch.full_like(out, (gamma_lut(0.25)[16] / 255 - 0.45) / 0.225))
+    with pytest.raises(ValueError, match="crops"):
+        EvalPreset(crop=32, crops=2)
+    with pytest.raises(ValueError, match="short_side"):
+        EvalPreset(crop=64, short_side=32)
+
+
+def test_tta_combinations_view_major():
+    combos = list(tta_combinations(views=2, crops=3))
+    assert combos == [(0, 0, 0), (1, 0, 1), (2, 0, 2), (3, 1, 0), (4, 1, 1), (5, 1, 2)]
+    assert list(tta_combinations(views=1, crops=1)) == [(0, 0, 0)]
+    with pytest.raises(ValueError):
+        list(tta_combinations(views=0, crops=1))
