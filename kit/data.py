@@ -582,6 +582,9 @@ def main(argv=None) -> int:
     )
     check.add_argument("--max-clips", type=int, default=20, help="clips decoded per list")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    from kit.ug2 import add_cli as add_prepare_ug2
+
+    add_prepare_ug2(sub)  # prepare-ug2: the real challenge data (kit/ug2.py)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "check":
@@ -591,6 +594,8 @@ def main(argv=None) -> int:
         else:
             print(format_check(report))
         return 0 if report.ok else 1
+    if args.command == "prepare-ug2":
+        return args.func(args)
     return 2
 
 
