@@ -297,7 +297,7 @@ def plot_compare(cm_a, cm_b, class_names=None, *, normalize: str | None = "true"
         goodness, ax=ax, cmap="RdYlGn", center=0, vmin=-lim, vmax=lim, square=True,
         linewidths=0.5 if k <= 30 else 0, linecolor="white",
         annot=annot if style["annotate"] else False, fmt="", annot_kws={"fontsize": style["annot"]},
-        xticklabels=labels, yticklabels=labels, cbar_kws={"label": "better (+) / worse (-)"},
+        xticklabels=labels, yticklabels=labels, cbar_kws={"label": "green: better, red: worse"},
     )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

@@ -97,6 +97,34 @@ class FrameStrips:
         return self._png[key]
 
 
+def frames_table(table, *, data_root, gamma: float | None = 0.25, strips: FrameStrips | None = None,
+                 float_format: str = "{:.3f}"):
+    """``table`` (a DataFrame with a ``path`` column, relative to ``data_root``) as static HTML with a
+    strip of frames per clip inlined, for reports that keep no widgets. Returns an ``IPython.display.HTML``."""
+    import base64
+
+    from IPython.display import HTML
+    from pandas.api.types import is_numeric_dtype
+
+    if "path" not in table.columns:
+        raise KeyError(f"frames_table needs a 'path' column, got {list(table.columns)}")
+    strips = strips or FrameStrips()
+    cells = []
+    for path in table["path"]:
+        try:
+            png = strips.png(Path(data_root) / path, gamma=gamma)
+            cells.append(f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}' alt='{html.escape(path)}'>")
+        except VideoReadError as exc:
+            log.warning("frames_table: %s", exc)
+            cells.append(f"<span style='color:#b00'>{html.escape(exc.reason)}</span>")
+    shown = table.copy()
+    for col in shown.columns:
+        if not is_numeric_dtype(shown[col]):  # text (object or pandas' str dtype) is escaped, numbers formatted
+            shown[col] = shown[col].map(lambda v: html.escape(str(v)))
+    shown.insert(0, "frames" + (f" (gamma {gamma})" if gamma else ""), cells)
+    return HTML(shown.to_html(escape=False, index=False, float_format=float_format.format, border=0))
+
+
 class ConfusionInspector:
     """Clickable confusion matrix of several prediction sources, with the clips behind each cell.
 
@@ -188,7 +216,7 @@ class ConfusionInspector:
         self._quiet = False
         self.stage_dropdown.observe(lambda _: None if self._quiet else self._refresh(), names="value")
         self.normalize_dropdown.observe(lambda _: self._paint(), names="value")
-        self.gamma_toggle.observe(lambda _: self._show_page(), names="value")
+        self.gamma_toggle.observe(lambda _: self._update_thumbnails(), names="value")
         self._refresh()
 
     # ------------------------------------------------------------ public API
@@ -344,6 +372,13 @@ class ConfusionInspector:
         if key not in self._row_of:
             self._row_of[key] = {p: r for r, p in enumerate(self.sources[key].paths)}
         return self._row_of[key]
+
+    def _update_thumbnails(self) -> None:
+        # gamma only changes the pictures: swap their PNGs in place, the rows stay where they are
+        gamma = self.gamma if self.gamma_toggle.value else None
+        for row, box in zip(self.clip_rows, self.clip_box.children, strict=True):
+            if row["thumbnail"]:
+                box.children[0].value = self.strips.png(self.data_root / row["path"], gamma=gamma)
 
     def _show_page(self) -> None:
         import ipywidgets as W

@@ -178,6 +178,7 @@ def test_notebook_runs_under_papermill_on_a_fixture_run(tmp_path):
     assert "missing" in text and "supervised" in text  # the summary says what the run lacks
     # ensemble confuses clip00 (Run -> Walk) and clip03 (Sit -> Stand): the report table lists both
     assert "val/clip00.mp4" in text and "val/clip03.mp4" in text
+    assert text.count("<img src='data:image/png;base64,") == 2  # their frame strips, inline for the HTML report
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 3 + 2  # ensemble + 2 models, then one comparison per model
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)

@@ -7,7 +7,7 @@ from fixture_run import CLASSES, LABELS, PREDICTED, build_fixture_run
 from kit import confusion
 from kit.config import load_params
 from kit.predictions import Predictions
-from kit.widgets import CLIP_CLASS, ConfusionInspector, FrameStrips, gamma_correct
+from kit.widgets import CLIP_CLASS, ConfusionInspector, FrameStrips, frames_table, gamma_correct
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,10 @@ def test_gamma_toggle_brightens_and_frames_are_decoded_once(run):
     ins.cell_button(0, 3).click()
     bright = ins.clip_box.children[0].children[0].value
     assert ins.strips.decoded == 2
+    box = ins.clip_box.children[0]
     ins.set_gamma(False)
-    dark = ins.clip_box.children[0].children[0].value
+    assert ins.clip_box.children[0] is box  # pictures swapped in place, the list does not jump
+    dark = box.children[0].value
     assert dark != bright
     assert ins.strips.decoded == 2  # the toggle re-encodes cached frames, no new decode
     from io import BytesIO
@@ -166,3 +168,14 @@ def test_frame_strip_and_gamma():
     assert gamma_correct(np.array([0, 16, 255], dtype=np.uint8), 0.25).tolist() == [0, 128, 255]
     with pytest.raises(Exception, match="file not found"):
         FrameStrips().png("/nonexistent.mp4", gamma=None)
+
+
+def test_frames_table_inlines_a_strip_per_clip_for_static_reports(run):
+    table = confusion.misclassified_by_pair(run.sources["uni", "adapt_bn"], run.class_names, top=1)
+    table.loc[len(table)] = ["val/<gone>.mp4", "Run", "Walk", 0.1, 0.9]
+    out = frames_table(table, data_root=run.data_root, gamma=0.25).data
+    assert out.count("<img src='data:image/png;base64,") == 2  # the two Run -> Walk clips
+    assert "val/clip00.mp4" in out and "file not found" in out and "val/&lt;gone&gt;.mp4" in out
+    assert "frames (gamma 0.25)" in out
+    with pytest.raises(KeyError, match="path"):
+        frames_table(table.drop(columns="path"), data_root=run.data_root)
