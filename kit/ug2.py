@@ -383,19 +383,76 @@ def _fingerprint(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
+def _sizes_and_prints(clips: list[Clip], sizes_wanted=None) -> list[tuple[int, str | None]]:
+    """``(size, fingerprint)`` per clip; the fingerprint only for sizes in ``sizes_wanted`` (else None)."""
+    sizes = [c.path.stat().st_size for c in clips]
+    if sizes_wanted is None:  # fingerprint only files that share a size with another
+        counts: dict[int, int] = {}
+        for n in sizes:
+            counts[n] = counts.get(n, 0) + 1
+        sizes_wanted = {n for n, k in counts.items() if k > 1}
+    return [(n, _fingerprint(c.path, n) if n in sizes_wanted else None) for c, n in zip(clips, sizes, strict=True)]
+
+
 def identical_to(pool: list[Clip], reference: list[Clip]) -> list[int]:
     """Indices of ``pool`` clips whose file content equals a ``reference`` clip's (size, then head/tail
     hash): copies of a val clip under another name or root must not enter the pool."""
-    by_size: dict[int, set[str]] = {}
-    for c in reference:
-        size = c.path.stat().st_size
-        by_size.setdefault(size, set()).add(_fingerprint(c.path, size))
-    hits = []
-    for i, c in enumerate(pool):
-        size = c.path.stat().st_size
-        if size in by_size and _fingerprint(c.path, size) in by_size[size]:
-            hits.append(i)
-    return hits
+    ref = set(_sizes_and_prints(reference, {c.path.stat().st_size for c in reference}))
+    sizes = {n for n, _ in ref}
+    return [i for i, sp in enumerate(_sizes_and_prints(pool, sizes)) if sp in ref]
+
+
+def unique_content(clips: list[Clip]) -> list[Clip]:
+    """``clips`` without repeats of a file's content (the first one is kept): the same clip reached
+    under two roots, through a symlink, or copied under another name."""
+    seen, kept = set(), []
+    for c, sp in zip(clips, _sizes_and_prints(clips), strict=True):
+        if sp[1] is None or sp not in seen:
+            seen.add(sp)
+            kept.append(c)
+    return kept
+
+
+def split_lists(
+    parts: dict[str, list[Clip]], arid: list[Clip], *, val_per_class: int, seed: int, classes: list[str],
+    arid_in_pool: bool, report: PrepareReport,
+) -> dict[str, list[Clip]]:
+    """The lists of the data directory from the parts of the release and the ARID clips."""
+    labeled = parts["labeled"]
+    if any(c.label < 0 for c in labeled):
+        raise PrepareError(f"{report.used['labeled']}: {sum(c.label < 0 for c in labeled)} clips have no label")
+    dry = parts.get("dryrun", [])
+    if dry and all(c.label < 0 for c in dry):
+        report.notes.append(
+            f"{report.used['dryrun']} has no labels: the dry-run clips are left out of labeled.csv "
+            "(pass its ground-truth version with --dryrun-list)"
+        )
+    labeled = unique_content(labeled + [c for c in dry if c.label >= 0])
+
+    val = stratified_val(arid, per_class=val_per_class, seed=seed, num_classes=len(classes))
+    val_keys = {c.key for c in val}
+    rest = [Clip(c.path, -1, c.key) for c in arid if c.key not in val_keys] if arid_in_pool else []
+    pool = parts["dark"] + rest
+    clash = set(identical_to(pool, val))
+    if clash:  # the clean protocol: no val clip, under any name, is adapted on or pseudo-labelled
+        report.removed_from_pool = [str(pool[i].path) for i in sorted(clash)]
+        log.warning("%d pool clips are copies of val clips: removed from unlabeled.csv", len(clash))
+        pool = [c for i, c in enumerate(pool) if i not in clash]
+    kept = unique_content(pool)
+    report.duplicates["unlabeled"] = len(pool) - len(kept)
+
+    lists = {"labeled.csv": labeled, "unlabeled.csv": kept, "val.csv": val}
+    if "test" in parts:
+        test = parts["test"]
+        if all(c.label < 0 for c in test):
+            report.notes.append("the test list has no labels: test.csv holds -1 (predictions only, no score)")
+        overlap = len(identical_to(test, kept))
+        if overlap:
+            report.notes.append(f"{overlap} test clips are also in the unlabelled pool")
+        lists["test.csv"] = test
+    lists["arid_all.csv"] = arid
+    report.val_per_class = {c: sum(v.label == k for v in val) for k, c in enumerate(classes)}
+    return lists
 
 
 # ---------------------------------------------------------------- writing
@@ -488,85 +545,43 @@ def prepare_ug2(
         else:
             parts[part] = clips
     arid_clips = _read_arid(_arid_roots(source, arid), classes, report)
-
-    labeled = parts["labeled"]
-    if any(c.label < 0 for c in labeled):
-        raise PrepareError(f"{report.used['labeled']}: {sum(c.label < 0 for c in labeled)} clips have no label")
-    dry = parts.get("dryrun", [])
-    if dry and all(c.label < 0 for c in dry):
-        report.notes.append(
-            f"{report.used['dryrun']} has no labels: the dry-run clips are left out of labeled.csv "
-            "(pass its ground-truth version with --dryrun-list)"
-        )
-    known = {c.key for c in labeled}
-    labeled = labeled + [c for c in dry if c.label >= 0 and c.key not in known]
-
-    val = stratified_val(arid_clips, per_class=val_per_class, seed=seed, num_classes=len(classes))
-    val_keys = {c.key for c in val}
-    rest = [c for c in arid_clips if c.key not in val_keys]
-    pool = list(parts["dark"]) + ([Clip(c.path, -1, c.key) for c in rest] if arid_in_pool else [])
-    real = {os.path.realpath(c.path) for c in pool}
-    if len(real) < len(pool):  # a clip reached under two roots
-        seen, deduped = set(), []
-        for c in pool:
-            r = os.path.realpath(c.path)
-            if r not in seen:
-                seen.add(r)
-                deduped.append(c)
-        report.duplicates["unlabeled"] = len(pool) - len(deduped)
-        pool = deduped
-    clash = set(identical_to(pool, val))
-    if clash:
-        report.removed_from_pool = [str(pool[i].path) for i in sorted(clash)]
-        log.warning("%d pool clips are copies of val clips: removed from unlabeled.csv", len(clash))
-        pool = [c for i, c in enumerate(pool) if i not in clash]
-    test_clips = parts.get("test", [])
-    if test_clips and all(c.label < 0 for c in test_clips):
-        report.notes.append("the test list has no labels: test.csv holds -1 (predictions only, no score)")
-    pool_real = {os.path.realpath(c.path) for c in pool}
-    overlap = sum(os.path.realpath(c.path) in pool_real for c in test_clips)
-    if overlap:
-        report.notes.append(f"{overlap} test clips are also in the unlabelled pool")
-
-    # one symlink per folder the clips live in, paths in the lists go through it
-    out.mkdir(parents=True, exist_ok=True)
-    roots = {"source": source}
-    for part, v in videos.items():
-        vd = Path(v).absolute()
-        if not vd.is_relative_to(source):
-            roots[f"{part}_videos"] = vd
-    for c in arid_clips[:1]:
-        if not c.path.absolute().is_relative_to(source):
-            roots["arid"] = Path(arid).absolute()
-    for name, target in roots.items():
-        report.links[name] = _link(out, name, target, relative=relative_links, force=force)
-
-    renamed: dict[Path, str] = {}
-
-    def write(name: str, clips: list[Clip]) -> None:
-        write_list(out / name, [_list_path(c.path, roots, out, renamed) for c in clips], [c.label for c in clips])
-        report.counts[name] = len(clips)
-
-    (out / CLASSES_FILE).write_text("".join(c + "\n" for c in classes))
-    write("labeled.csv", labeled)
-    write("unlabeled.csv", pool)
-    write("val.csv", val)
-    if "test" in parts:
-        write("test.csv", test_clips)
-    elif (out / "test.csv").exists():
-        (out / "test.csv").unlink()  # a stale test list from an earlier call would be read
-    write("arid_all.csv", arid_clips)
-    report.val_per_class = {c: sum(v.label == k for v in val) for k, c in enumerate(classes)}
+    written = split_lists(
+        parts, arid_clips, val_per_class=val_per_class, seed=seed, classes=classes,
+        arid_in_pool=arid_in_pool, report=report,
+    )
     short = [c for c, n in report.val_per_class.items() if n < val_per_class]
     if short:
         report.notes.append(f"classes with fewer than {val_per_class} ARID clips (all went to val): {short}")
+
+    # one symlink per folder the clips live in; the lists' paths go through it
+    out.mkdir(parents=True, exist_ok=True)
+    roots = {"source": source}
+    for part, v in videos.items():
+        if not Path(v).absolute().is_relative_to(source):
+            roots[f"{part}_videos"] = Path(v).absolute()
+    if arid is not None and not Path(arid).absolute().is_relative_to(source):
+        roots["arid"] = Path(arid).absolute()
+    for name, target in roots.items():
+        report.links[name] = _link(out, name, target, relative=relative_links, force=force)
+    renamed: dict[Path, str] = {}
+    paths = {name: [_list_path(c.path, roots, out, renamed) for c in clips] for name, clips in written.items()}
+
+    (out / CLASSES_FILE).write_text("".join(c + "\n" for c in classes))
+    if "test.csv" not in written and (out / "test.csv").exists():
+        (out / "test.csv").unlink()  # a stale test list from an earlier call would be read
+    for name, clips in written.items():
+        write_list(out / name, paths[name], [c.label for c in clips])
+        report.counts[name] = len(clips)
     split = {
         "seed": seed,
         "val_per_class": val_per_class,
         "classes": classes,
         "counts": report.val_per_class,
         "arid_roots": report.used["arid"],
-        "clips": [{"key": c.key, "path": _list_path(c.path, roots, out, renamed), "label": c.label} for c in val],
+        "clips": [
+            {"key": c.key, "path": p, "label": c.label}
+            for c, p in zip(written["val.csv"], paths["val.csv"], strict=True)
+        ],
     }
     (out / "val_split.json").write_text(json.dumps(split, indent=1))
     (out / "prepare_report.json").write_text(json.dumps(asdict(report), indent=1))

@@ -110,9 +110,10 @@ def test_prepare_writes_the_data_directory_contract(source, tmp_path):
     assert len(val) == 22 and (np.bincount(val.labels, minlength=11) == 2).all()
     assert all(p.startswith("source/ARID_v1.5/clips_v1.5/") and p.endswith(".mp4") for p in val.paths)
     assert (pool.labels == -1).all() and (test.labels == -1).all() and len(test) == 4
-    # pool: 6 dark + 4 copies of Wave clips, minus the 2 copies of Wave val clips, + 22 ARID clips not in val
-    assert len(pool) == 6 + 4 - 2 + 22
-    assert len(report.removed_from_pool) == 2
+    # pool: 6 dark + 22 ARID clips not in val; of the 4 copies of Wave clips in the dark list, the
+    # 2 copies of val clips are removed, the 2 others stand for their ARID originals (kept once)
+    assert len(pool) == 6 + 22
+    assert len(report.removed_from_pool) == 2 and report.duplicates["unlabeled"] == 2
     assert report.duplicates["arid"] == 22  # the avi twins of clips_v1.5_avi
     assert len(_read(out, "arid_all.csv")) == 44
     assert (out / "source").is_symlink() and (out / "source").resolve() == source.resolve()
