@@ -14,7 +14,9 @@ directory in the kit's contract (see :mod:`kit.data`):
 ``test.csv``
     the dark test clips, labelled if the list has labels, else -1;
 ``arid_all.csv``
-    every ARID v1.5 clip with its label (the paper's transductive evaluation set).
+    every ARID v1.5 clip with its label (the paper's transductive evaluation set);
+``hidden_labels.csv``
+    the true labels of the ARID clips in the pool, read only to report pseudo-label accuracy.
 
 List paths point through one symlink per source folder (``source -> /abs/SOURCE``), so the
 data directory stays small and one ``ln -sfn`` re-points it if the source moves.
@@ -451,6 +453,12 @@ def split_lists(
             report.notes.append(f"{overlap} test clips are also in the unlabelled pool")
         lists["test.csv"] = test
     lists["arid_all.csv"] = arid
+    truth = {c.key: c.label for c in arid}
+    hidden = [Clip(c.path, truth[c.key], c.key) for c in kept if c.key in truth]
+    if hidden:  # the pool's ARID labels, for the pseudo-label accuracy of the reports (never trained on)
+        from kit.pseudo import HIDDEN_LABELS
+
+        lists[HIDDEN_LABELS] = hidden
     report.val_per_class = {c: sum(v.label == k for v in val) for k, c in enumerate(classes)}
     return lists
 

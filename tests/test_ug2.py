@@ -116,6 +116,9 @@ def test_prepare_writes_the_data_directory_contract(source, tmp_path):
     assert len(report.removed_from_pool) == 2 and report.duplicates["unlabeled"] == 2
     assert report.duplicates["arid"] == 22  # the avi twins of clips_v1.5_avi
     assert len(_read(out, "arid_all.csv")) == 44
+    hidden = _read(out, "hidden_labels.csv")  # true labels of the pool's ARID clips, for the reports
+    assert set(hidden.paths) < set(pool.paths) and len(hidden) == 20  # 22 minus the 2 reached via copies
+    assert all(Path(p).parent.name == CLASSES[y] for p, y in zip(hidden.paths, hidden.labels, strict=True))
     assert (out / "source").is_symlink() and (out / "source").resolve() == source.resolve()
     for name in data.STANDARD_LISTS:
         assert all((out / p).is_file() for p in _read(out, name).paths)
