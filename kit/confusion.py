@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kit.data import read_classes
 from kit.layout import ENSEMBLE, RunLayout
 from kit.predictions import Predictions, load
 
@@ -311,17 +312,6 @@ def plot_compare(cm_a, cm_b, class_names=None, *, normalize: str | None = "true"
 # ---------------------------------------------------------------- a run's predictions
 
 
-def read_class_names(data_root) -> list[str]:
-    """Class names from ``<data_root>/classes.txt`` (line i = class i)."""
-    path = Path(data_root) / "classes.txt"
-    if not path.exists():
-        raise FileNotFoundError(f"class names file not found: {path}")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise ValueError(f"{path} lists no classes")
-    return names
-
-
 def run_stages(rounds: int) -> list[str]:
     """Stages of a run in order: ``supervised``, ``adapt_bn``, ``pi1``..``pi<rounds>``."""
     return ["supervised", "adapt_bn", *(f"pi{r}" for r in range(1, rounds + 1))]
@@ -402,7 +392,7 @@ def load_run(params, *, split: str = "val") -> RunPredictions:
     ensemble. Missing files are listed in ``missing`` (logged), never an error: a run may stop early.
     """
     layout = RunLayout(params.out_dir)
-    class_names = read_class_names(params.data.root)
+    class_names = read_classes(params.data.root)
     run = RunPredictions(split=split, class_names=class_names, data_root=Path(params.data.root),
                          models=[m.label for m in params.models])
     expected = [(m, s) for m in run.models for s in run_stages(params.pseudo.rounds)] + [(ENSEMBLE, ENSEMBLE)]

@@ -27,6 +27,7 @@ import numpy as np
 from kit import confusion
 from kit.layout import ENSEMBLE
 from kit.predictions import Predictions
+from kit.transforms import apply_gamma
 from kit.video import VideoReadError, num_frames, read_frames
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,6 @@ NORMALIZE_OPTIONS = [("counts", "counts"), ("rows (recall)", "true"), ("columns 
 CELL_CLASS = "nk-cell"  # CSS classes let a browser test find the parts
 CLIP_CLASS = "nk-clip"
 THUMB_CLASS = "nk-thumb"
-
-
-def gamma_correct(frames: np.ndarray, gamma: float) -> np.ndarray:
-    """Gamma correction of uint8 frames ``(..., 3)``: ``255 * (x / 255) ** gamma`` (gamma < 1 brightens)."""
-    lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
-    return lut[frames]
 
 
 class FrameStrips:
@@ -86,7 +81,7 @@ class FrameStrips:
             return self._png[key]
         small = self._frames(str(path))
         if gamma is not None:
-            small = gamma_correct(small, gamma)
+            small = apply_gamma(small, gamma)
         gap = np.zeros((small.shape[1], 2, 3), dtype=np.uint8)  # a dark line between frames
         strip = np.concatenate([p for f in small for p in (f, gap)][:-1], axis=1)
         buf = io.BytesIO()

@@ -154,7 +154,7 @@ def test_notebook_is_stored_clean_with_a_parameters_cell():
     nb = json.loads((ROOT / "notebooks" / "50_confusion.ipynb").read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert "parameters" in code[0]["metadata"].get("tags", [])
-    assert "".join(code[1]["source"]).startswith("import kit.notebook; params = kit.notebook.start(")
+    assert "params = kit.notebook.start(params_file, overrides)" in "".join(code[1]["source"])
     assert all(not c["outputs"] and c["execution_count"] is None for c in code)
     assert not any(line.lstrip().startswith(("def ", "class ")) for c in code for line in "".join(c["source"]).splitlines())
 
