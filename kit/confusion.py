@@ -391,6 +391,9 @@ def load_run(params, *, split: str = "val") -> RunPredictions:
     Expected: each model at ``supervised``, ``adapt_bn``, ``pi1``..``pi<pseudo.rounds>``, and the
     ensemble. Missing files are listed in ``missing`` (logged), never an error: a run may stop early.
     """
+    if split == "val" and not params.data.val:
+        raise ValueError("split 'val': params.data.val is null, so this run has no labelled dark clips held out; "
+                         "analyse split='test' if its labels are known")
     layout = RunLayout(params.out_dir)
     class_names = read_classes(params.data.root)
     run = RunPredictions(split=split, class_names=class_names, data_root=Path(params.data.root),

@@ -150,6 +150,7 @@ class ConfusionInspector:
         self.strips = FrameStrips(frames=frames, height=thumb_height)
         self.models = list(dict.fromkeys(m for m, _ in self.sources))
         self._row_of: dict[tuple[str, str], dict[str, int]] = {}
+        self._probs: dict[tuple[str, str], np.ndarray] = {}
         self.selected: tuple[int, int] | None = None
         self.page = 0
         self.clip_rows: list[dict] = []
@@ -351,7 +352,7 @@ class ConfusionInspector:
     def _cell_rows(self) -> np.ndarray:
         i, j = self.selected
         rows = confusion.cell_indices(self._preds, i, j)
-        conf = self._preds.probs()[rows, j]
+        conf = self._probs_of(self.source)[rows, j]
         return rows[np.argsort(-conf, kind="stable")]
 
     def _prob_sources(self) -> list[tuple[str, str]]:
@@ -362,6 +363,12 @@ class ConfusionInspector:
             stages = self._stages(m)
             out.append((m, stage if stage in stages else stages[-1]))
         return out
+
+    def _probs_of(self, key) -> np.ndarray:
+        # softmax once per source, not once per shown clip
+        if key not in self._probs:
+            self._probs[key] = self.sources[key].probs()
+        return self._probs[key]
 
     def _row_index(self, key) -> dict[str, int]:
         if key not in self._row_of:
@@ -400,7 +407,7 @@ class ConfusionInspector:
             for key in self._prob_sources():
                 row = self._row_index(key).get(path)
                 if row is not None:
-                    p = self.sources[key].probs()[row]
+                    p = self._probs_of(key)[row]
                     probs["@".join(key)] = (float(p[i]), float(p[j]))
             thumb, error = None, None
             try:

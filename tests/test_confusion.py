@@ -142,6 +142,13 @@ def test_load_run_lists_missing_stages_and_falls_back_for_compare(tmp_path):
     assert ok.top1 == pytest.approx(right / len(labelled)) and ok["unlabelled (excluded)"] == 1
 
 
+def test_load_run_without_a_val_list_says_so(tmp_path):
+    fx = build_fixture_run(tmp_path, with_videos=False)
+    params = load_params(fx.params_file, ["data.val=null"], base=fx.params_file)
+    with pytest.raises(ValueError, match="params.data.val is null"):
+        confusion.load_run(params, split="val")
+
+
 def test_load_run_rejects_class_count_mismatch(tmp_path):
     fx = build_fixture_run(tmp_path, with_videos=False)
     (fx.data_root / "classes.txt").write_text("a\nb\n")
