@@ -126,6 +126,12 @@ def test_prepare_writes_the_data_directory_contract(source, tmp_path):
     assert check.ok, check.problems
     brightness = {row["list"]: row["brightness"] for row in check.rows}
     assert brightness["val.csv"] < 0.1 < brightness["labeled.csv"]
+    # a recipe pointed at it loads clips through the symlink (.avi and .mp4 alike)
+    small = ["data.frames=4", "data.crop=32", "data.short_side=36", "data.num_samples=1"]
+    params = load_params("params/arid_uniformer_b32_k600.yaml", [f"data.root={out}", *small])
+    item = data.build_dataset(params, "labeled", train=True)[1]
+    assert item["video"].shape == (3, 4, 32, 32) and item["label"] == labeled.labels[1]
+    assert data.build_dataset(params, "val", train=False, crops=3)[0]["video"].shape == (3, 3, 4, 32, 32)
 
 
 def test_val_split_is_stratified_deterministic_and_held_out(source, tmp_path):
