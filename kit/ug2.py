@@ -347,15 +347,18 @@ def _read_arid(roots: list[Path], classes: list[str], report: PrepareReport) -> 
     return [chosen[k] for k in sorted(chosen)]
 
 
-def _check_mapping_tables(source: Path, classes: list[str]) -> None:
-    # a class order other than the challenge's would silently relabel everything
-    for table in sorted(source.glob("**/mapping_table*.txt")):
+def _check_mapping_tables(folders, classes: list[str]) -> None:
+    """Refuse a ``mapping_table*.txt`` beside the lists used that orders the classes otherwise:
+    its ids would silently mean other classes than the kit's."""
+    for table in sorted({t for folder in folders for t in Path(folder).glob("mapping_table*.txt")}):
         for n, line in enumerate(table.read_text().splitlines(), 1):
             fields = line.split()
-            if len(fields) >= 2 and _int(fields[0]) is not None:
-                k, name = _int(fields[0]), fields[1]
-                if not (0 <= k < len(classes)) or classes[k].lower() != name.lower():
-                    raise PrepareError(f"{table}:{n}: class {k} is {name!r} here but {classes[k] if 0 <= k < len(classes) else None!r} in the kit")
+            k = _int(fields[0]) if len(fields) >= 2 else None
+            if k is None:
+                continue
+            ours = classes[k] if 0 <= k < len(classes) else None
+            if ours is None or ours.lower() != fields[1].lower():
+                raise PrepareError(f"{table}:{n}: class {k} is {fields[1]!r} here but {ours!r} in the kit ({classes})")
 
 
 # ---------------------------------------------------------------- the split and the pool
@@ -539,7 +542,6 @@ def prepare_ug2(
     classes = list(classes)
     if out.exists() and (out / CLASSES_FILE).exists() and not force:
         raise PrepareError(f"{out} already holds a data directory; pass --force to rewrite it")
-    _check_mapping_tables(source, classes)
     report = PrepareReport(out=str(out))
 
     parts: dict[str, list[Clip]] = {}
@@ -552,7 +554,10 @@ def prepare_ug2(
             report.notes.append(f"no {spec.what} found: labeled.csv holds the training clips only")
         else:
             parts[part] = clips
-    arid_clips = _read_arid(_arid_roots(source, arid), classes, report)
+    arid_roots = _arid_roots(source, arid)
+    arid_clips = _read_arid(arid_roots, classes, report)
+    list_dirs = [Path(report.used[p]).parent for p in parts] + [r.parent / "list_cvt" for r in arid_roots]
+    _check_mapping_tables(list_dirs, classes)
     written = split_lists(
         parts, arid_clips, val_per_class=val_per_class, seed=seed, classes=classes,
         arid_in_pool=arid_in_pool, report=report,

@@ -222,12 +222,12 @@ def test_missing_parts_fail_naming_what_is_missing(source, tmp_path):
 
 
 def test_a_class_order_other_than_the_kits_is_refused(source, tmp_path):
-    swapped = tmp_path / "swapped"
-    swapped.mkdir()
-    (swapped / "ARID").symlink_to(source / "ARID", target_is_directory=True)
-    (swapped / "mapping_table.txt").write_text("0\tJump\n1\tDrink\n")
-    with pytest.raises(ug2.PrepareError, match=r"mapping_table.txt:1: class 0 is 'Jump'"):
-        ug2.prepare_ug2(swapped, tmp_path / "o")
+    lists = tmp_path / "list_cvt"
+    lists.mkdir()
+    dark = shutil.copy(source / "ARID/raw/list_cvt/ug2_2022_train_dark.csv", lists)
+    (lists / "mapping_table.txt").write_text("0\tJump\n1\tDrink\n")
+    with pytest.raises(ug2.PrepareError, match=r"mapping_table.txt:1: class 0 is 'Jump' here but 'Drink'"):
+        ug2.prepare_ug2(source, tmp_path / "o", lists={"dark": dark}, videos={"dark": source / "ARID/raw/train_data"})
 
 
 def test_identical_to_finds_copies_only(tmp_path):
