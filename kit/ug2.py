@@ -267,7 +267,8 @@ def _read_part(
             return None
         if list_path is None:
             looked = ", ".join(spec.lists)
-            raise PrepareError(f"{spec.what} not found under {source} (looked for {looked}); pass --{part}-list")
+            hint = " (or --no-test to prepare without one)" if part == "test" else ""
+            raise PrepareError(f"{spec.what} not found under {source} (looked for {looked}); pass --{part}-list{hint}")
     if videos is not None:
         video_dir = Path(videos)
         if not video_dir.is_dir():

@@ -207,6 +207,17 @@ def test_missing_parts_fail_naming_what_is_missing(source, tmp_path):
         ug2.prepare_ug2(source, tmp_path / "o2", arid=tmp_path / "nowhere")
     with pytest.raises(ug2.PrepareError, match=r"dark unlabelled training list .*ug2_2022_train_dark.csv"):
         ug2.prepare_ug2(tmp_path / "partial" / "Clear", tmp_path / "o3")
+    no_test = tmp_path / "no_test"  # a release without its test part yet
+    no_test.mkdir()
+    (no_test / "Clear").symlink_to(source / "Clear", target_is_directory=True)
+    (no_test / "ARID" / "raw" / "list_cvt").mkdir(parents=True)
+    shutil.copy(source / "ARID/raw/list_cvt/ug2_2022_train_dark.csv", no_test / "ARID/raw/list_cvt")
+    (no_test / "ARID/raw/train_data").symlink_to(source / "ARID/raw/train_data", target_is_directory=True)
+    with pytest.raises(ug2.PrepareError, match=r"dark test list .*--test-list \(or --no-test"):
+        ug2.prepare_ug2(no_test, tmp_path / "o8", arid=source / "ARID_v1.5")
+    report = ug2.prepare_ug2(no_test, tmp_path / "o8", arid=source / "ARID_v1.5", test=False, val_per_class=1)
+    assert report.links["arid"] == str(source / "ARID_v1.5")  # outside --source: a link of its own
+    assert _read(tmp_path / "o8", "val.csv").paths[0].startswith("arid/clips_v1.5/Drink/")
     with pytest.raises(ug2.PrepareError, match=r"video folder .*nope not found"):
         ug2.prepare_ug2(source, tmp_path / "o4", videos={"dark": tmp_path / "nope"})
     with pytest.raises(ug2.PrepareError, match=r"source folder .* not found"):
