@@ -5,19 +5,10 @@ from __future__ import annotations
 import copy
 import logging
 
-import pytest
 import torch
 import torch.nn as nn
 
 from kit.adapt_bn import NO_BN_WARNING, adapt_bn, bn_layers
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TinyCNN(nn.Module):
