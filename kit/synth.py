@@ -225,15 +225,21 @@ def _clip_seed(seed: int, split: str, label: int, i: int) -> np.random.Generator
     return np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split], label, i]))
 
 
-def _make_one(job) -> str:
-    out_dir, rel, split, label, i, settings = job
+def clip_frames(settings: SynthSettings, split: str, label: int, i: int) -> np.ndarray:
+    """The uint8 frames ``(T, H, W, 3)`` of clip ``i`` of class ``label`` in ``split``, as encoded.
+
+    A pure function of its arguments: the same settings give the same frames in any process.
+    """
     names = list(CLASSES)[: settings.num_classes]
     rng = _clip_seed(settings.seed, split, label, i)
     video = render_clip(names[label], rng, size=settings.size, frames=settings.frames)
-    if split == "labeled":
-        frames, crf = to_bright(video, rng, settings), settings.crf_bright
-    else:
-        frames, crf = to_dark(video, rng, settings), settings.crf_dark
+    return to_bright(video, rng, settings) if split == "labeled" else to_dark(video, rng, settings)
+
+
+def _make_one(job) -> str:
+    out_dir, rel, split, label, i, settings = job
+    frames = clip_frames(settings, split, label, i)
+    crf = settings.crf_bright if split == "labeled" else settings.crf_dark
     write_mp4(Path(out_dir) / rel, frames, fps=settings.fps, crf=crf, threads=1)
     return rel
 
@@ -277,8 +283,9 @@ def generate(
     ``val.csv`` (labelled), ``test.csv`` (label -1), ``hidden_labels.csv`` (true labels of the
     unlabelled pool and the test clips), ``synth.json`` and ``README.txt``. ``dark`` overrides
     other :class:`SynthSettings` fields (``dark_brightness``, ``photons``, ``read_noise``, ...).
-    Deterministic for a seed; ``workers`` processes encode in parallel (default: CPU count, at
-    most 4).
+    Deterministic for a seed: the frames fed to the encoder are identical (:func:`clip_frames`);
+    the files are almost always byte-identical, but libx264 via PyAV now and then encodes a
+    clip slightly differently. ``workers`` processes encode in parallel (default: CPUs, max 4).
     """
     if size % 2 or size == 48:
         raise ValueError(

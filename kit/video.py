@@ -75,11 +75,16 @@ def write_mp4(path, frames: np.ndarray, *, fps: int = 25, crf: int = 18, threads
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        options = {"crf": str(crf), "preset": "veryfast"}
         if threads is not None:
-            stream.options = {**stream.options, "threads": str(threads)}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            options["threads"] = str(threads)
+        stream.options = options
+        for i, frame in enumerate(frames):
+            # converting to yuv420p here and explicit timestamps make the bytes reproducible;
+            # PyAV's implicit conversion and timestamps gave different files from run to run
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+            vf.pts = i
+            for packet in stream.encode(vf):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
