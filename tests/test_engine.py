@@ -301,3 +301,22 @@ def test_fit_on_cuda_with_autocast_resume_and_predict(tmp_path, amp_dtype):
     assert report.batches == 2 and report.warning is None
     preds = engine.predict(net, loader(ds, shuffle=False), device="cuda", progress=False)
     assert preds.scores.shape == (16, K) and np.isfinite(preds.scores).all()
+
+
+def test_adapt_bn_after_every_epoch_leaves_the_dark_pool_statistics(tmp_path):
+    from kit.adapt_bn import adapt_bn, bn_layers
+    from kit.config import AdaptBNConfig
+
+    dark = Clips(8, seed=7)
+    dark.base = dark.base * 0.1 - 1.0  # another domain: other BatchNorm statistics
+    net = model()
+    out = engine.fit(net, loader(Clips(16)), params=cfg(epochs=2, adapt_bn_every_epoch=True), out_dir=tmp_path,
+                     device="cpu", num_classes=K, progress=False, adapt_loader=loader(dark, shuffle=False),
+                     adapt_params=AdaptBNConfig(num_batches=2))
+    assert [r["adapt_bn_clips"] for r in out.history] == [8, 8]
+    after_fit = [bn.running_mean.clone() for bn in bn_layers(net)]
+    adapt_bn(net, loader(dark, shuffle=False), num_batches=2, device="cpu")  # the same pass on the final weights
+    assert all(torch.equal(a, bn.running_mean) for a, bn in zip(after_fit, bn_layers(net), strict=True))
+    with pytest.raises(ValueError, match="adapt_loader"):
+        engine.fit(net, loader(Clips(16)), params=cfg(adapt_bn_every_epoch=True), out_dir=tmp_path / "x",
+                   device="cpu", num_classes=K)
