@@ -693,9 +693,10 @@ def fit(
                     _atomic_save(ckpt, best_path)
         log.info("%s", _epoch_line(row, params))
 
+    done = max(start_epoch, last_epoch)
     return FitSummary(
-        history=history, best_metric=best_metric, best_epoch=best_epoch, epochs_done=max(start_epoch, last_epoch),
-        checkpoint=ckpt_path, best=best_path, bad_videos=bad, finished=last_epoch >= params.epochs,
+        history=history, best_metric=best_metric, best_epoch=best_epoch, epochs_done=done,
+        checkpoint=ckpt_path, best=best_path, bad_videos=bad, finished=done >= params.epochs,
     )
 
 
