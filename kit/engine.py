@@ -691,7 +691,8 @@ def fit(
                 _atomic_save(ckpt, ckpt_path)
                 if better:
                     _atomic_save(ckpt, best_path)
-        log.info("%s", _epoch_line(row, params))
+        if D.is_main():
+            log.info("%s", _epoch_line(row, params))
 
     done = max(start_epoch, last_epoch)
     return FitSummary(
