@@ -134,3 +134,10 @@ def test_resize_pos_embed_keeps_a_constant_table_and_endpoints():
 def test_mvit_has_no_batchnorm():
     assert not has_batchnorm(create_model("mvit_tiny"))
     assert has_batchnorm(create_model("uniformer_tiny"))
+
+
+def test_pyslowfast_head_with_other_class_count_is_dropped(golden):
+    model = create_model("mvit_b", **_arch(golden, num_classes=5))
+    report = load_pretrained(model, golden["state_dict"])
+    assert sorted(report.dropped) == ["head.1.bias", "head.1.weight"]
+    torch.testing.assert_close(model.norm.weight, golden["state_dict"]["norm.weight"])

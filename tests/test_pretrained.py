@@ -63,6 +63,7 @@ def test_head_with_other_class_count_is_dropped():
     head_before = model.head.weight.clone()
     report = load_pretrained(model, source)
     assert sorted(report.dropped) == ["head.bias", "head.weight"]
+    assert "dropped 2 (head.weight, head.bias)" in str(report)
     assert torch.equal(model.head.weight, head_before)
     assert _same(model, {k: v for k, v in source.items() if not k.startswith("head.")})
 

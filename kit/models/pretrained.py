@@ -43,6 +43,17 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
 
+    def __str__(self) -> str:
+        parts = [f"loaded {len(self.loaded)}"]
+        for name in ("dropped", "inflated", "interpolated", "missing", "unexpected", "mismatched"):
+            items = getattr(self, name)
+            if items:
+                shown = ", ".join(items[:4]) + (", ..." if len(items) > 4 else "")
+                parts.append(f"{name} {len(items)} ({shown})")
+        if self.converted_from:
+            parts.append(f"converted from {self.converted_from}")
+        return "; ".join(parts)
+
 
 def guess_family(keys) -> str | None:
     """Name the architecture family a set of state-dict keys belongs to, or None when unknown."""
