@@ -283,9 +283,8 @@ def generate(
     ``val.csv`` (labelled), ``test.csv`` (label -1), ``hidden_labels.csv`` (true labels of the
     unlabelled pool and the test clips), ``synth.json`` and ``README.txt``. ``dark`` overrides
     other :class:`SynthSettings` fields (``dark_brightness``, ``photons``, ``read_noise``, ...).
-    Deterministic for a seed: the frames fed to the encoder are identical (:func:`clip_frames`);
-    the files are almost always byte-identical, but libx264 via PyAV now and then encodes a
-    clip slightly differently. ``workers`` processes encode in parallel (default: CPUs, max 4).
+    Deterministic for a seed: the same frames (:func:`clip_frames`) and the same bytes, with any
+    number of ``workers`` (encoding processes; default: CPUs, at most 4).
     """
     if size % 2 or size == 48:
         raise ValueError(

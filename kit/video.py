@@ -60,6 +60,7 @@ def write_mp4(path, frames: np.ndarray, *, fps: int = 25, crf: int = 18, threads
     """Write uint8 frames ``(T, H, W, 3)`` (RGB) as an H.264 mp4. H and W must be even.
 
     ``threads``: encoder threads (None = libx264's choice); 1 suits many encodes in parallel processes.
+    The same frames give the same bytes.
     """
     import av
 
@@ -75,13 +76,13 @@ def write_mp4(path, frames: np.ndarray, *, fps: int = 25, crf: int = 18, threads
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
-        options = {"crf": str(crf), "preset": "veryfast"}
+        # x264's macroblock-tree rate control gave different bytes from run to run under CPU load
+        options = {"crf": str(crf), "preset": "veryfast", "x264-params": "no-mbtree=1"}
         if threads is not None:
             options["threads"] = str(threads)
         stream.options = options
         for i, frame in enumerate(frames):
-            # converting to yuv420p here and explicit timestamps make the bytes reproducible;
-            # PyAV's implicit conversion and timestamps gave different files from run to run
+            # explicit yuv420p conversion and timestamps: with PyAV's implicit ones bytes varied
             vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
             vf.pts = i
             for packet in stream.encode(vf):

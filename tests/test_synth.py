@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -23,19 +24,11 @@ def synth_dir(tmp_path_factory):
     return synth.generate(tmp_path_factory.mktemp("synth") / "a", seed=0, **SMALL)
 
 
-def _decoded(root):
+def _digest(root):
     return {
-        p.relative_to(root).as_posix(): read_frames(p, range(16)).astype(np.int16)
+        p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*.mp4"))
     }
-
-
-def _assert_same_clips(a, b):
-    # the encoder's input is exact (see test_clip_frames_are_a_pure_function); libx264 via PyAV
-    # rarely encodes a clip a little differently, so decoded frames are compared with a tolerance
-    assert a.keys() == b.keys()
-    for name in a:
-        assert np.abs(a[name] - b[name]).mean() < 0.5, name
 
 
 def test_lists_follow_the_data_contract(synth_dir):
@@ -97,16 +90,16 @@ def test_clip_frames_are_a_pure_function():
 
 def test_same_seed_same_clips_other_seed_differs(synth_dir, tmp_path):
     again = synth.generate(tmp_path / "b", seed=0, **SMALL)
-    _assert_same_clips(_decoded(again), _decoded(synth_dir))
+    assert _digest(again) == _digest(synth_dir)  # same bytes
     none = {"pool_per_class": 0, "test_per_class": 0, "val_per_class": 0}
-    other = _decoded(synth.generate(tmp_path / "c", seed=1, **{**SMALL, **none}))
-    first = _decoded(synth_dir)
-    assert all(np.abs(first[p] - other[p]).mean() > 5 for p in other)
+    other = _digest(synth.generate(tmp_path / "c", seed=1, **{**SMALL, **none}))
+    first = _digest(synth_dir)
+    assert set(other) < set(first) and all(first[p] != other[p] for p in other)
 
 
 def test_parallel_workers_write_the_same_clips(synth_dir, tmp_path):
     par = synth.generate(tmp_path / "p", seed=0, **{**SMALL, "workers": 2})
-    _assert_same_clips(_decoded(par), _decoded(synth_dir))
+    assert _digest(par) == _digest(synth_dir)
 
 
 def test_motion_tells_rise_from_fall():
