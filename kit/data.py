@@ -409,24 +409,6 @@ def build_loader(
     )
 
 
-def ensure_data(data_cfg) -> Path:
-    """The data directory of ``params.data``; generates the synthetic set there first when
-    ``synthetic`` is on and ``classes.txt`` is missing."""
-    root = Path(data_cfg.root)
-    if data_cfg.synthetic and not (root / CLASSES_FILE).exists():
-        from kit.synth import generate
-
-        log.info("generating the synthetic data set into %s", root)
-        generate(
-            root,
-            clips_per_class=data_cfg.synthetic_clips_per_class,
-            seed=data_cfg.synthetic_seed,
-            size=data_cfg.synthetic_size,
-            frames=data_cfg.synthetic_frames,
-        )
-    return root
-
-
 # ---------------------------------------------------------------- check
 
 
@@ -443,6 +425,19 @@ class DataCheck:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def summary(self):
+        """One row per list (pandas DataFrame): clips, labelled, unreadable, frames, resolution, brightness."""
+        import pandas as pd
+
+        rows = [{k: v for k, v in r.items() if k not in self.classes} for r in self.table()]
+        return pd.DataFrame(rows).set_index("list") if rows else pd.DataFrame()
+
+    def class_counts(self):
+        """Clips per class (columns) of each list (rows), as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame({r["list"]: r["per_class"] for r in self.rows}).T
 
     def table(self) -> list[dict]:
         """Rows with per-class counts as one column per class (for a DataFrame)."""
@@ -539,6 +534,20 @@ def check_data(data_dir, *, lists=None, max_clips: int = 20, frames_per_clip: in
             if empty:
                 report.notes.append(f"{name}: no labelled clips for classes {empty}")
     return report
+
+
+check_report = check_data  # the name the data notebook reads best with
+
+
+def sample_clips(data_dir, lists, *, per_list: int = 2, seed: int = 0) -> list[str]:
+    """``per_list`` clip paths drawn at random (seeded) from each list, in list order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in lists:
+        vl = read_list(resolve_list(data_dir, name), None)
+        pick = rng.choice(len(vl), size=min(per_list, len(vl)), replace=False) if len(vl) else []
+        out += [vl.paths[int(i)] for i in sorted(pick)]
+    return out
 
 
 def format_check(report: DataCheck) -> str:

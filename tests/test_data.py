@@ -267,6 +267,11 @@ def test_check_reports_lists_and_brightness(tiny_data_dir, capsys):
     assert rows["labeled.csv"]["frames_min"] == 16 and rows["val.csv"]["resolution"] == "64x64"
     assert rows["labeled.csv"]["brightness"] > 0.3 and rows["val.csv"]["brightness"] < 0.1
     assert report.table()[0]["drink"] == 2
+    summary = report.summary()
+    assert list(summary.index) == list(rows) and summary.loc["val.csv", "clips"] == 3
+    assert "drink" not in summary.columns
+    counts = report.class_counts()
+    assert counts.loc["labeled.csv"].tolist() == [2, 2, 2] and counts.loc["val.csv"].sum() == 3
     assert data.main(["check", str(tiny_data_dir)]) == 0
     out = capsys.readouterr().out
     assert "unlabeled.csv" in out and "OK" in out
@@ -284,3 +289,14 @@ def test_check_fails_on_problems(tiny_data_dir, capsys):
     assert data.main(["check", str(tiny_data_dir)]) == 1
     out = capsys.readouterr().out
     assert "unlabeled.csv: standard list missing" in out and "val.csv:1: label 9" in out
+
+
+def test_sample_clips_is_seeded(tiny_data_dir):
+    a = data.sample_clips(tiny_data_dir, ["labeled.csv", "unlabeled.csv"], per_list=2, seed=0)
+    assert len(a) == 4 and a == data.sample_clips(
+        tiny_data_dir, ["labeled.csv", "unlabeled.csv"], per_list=2, seed=0
+    )
+    assert all(p.startswith("labeled/") for p in a[:2]) and all(
+        p.startswith("unlabeled/") for p in a[2:]
+    )
+    assert len(data.sample_clips(tiny_data_dir, ["val.csv"], per_list=10)) == 3
