@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         num_classes=k, progress=False,
     )
     fit_s = time.perf_counter() - t0
-    clips = len(train_loader) * args.batch * params.data.num_samples * args.epochs
+    clips = len(train_loader) * args.batch * args.epochs  # videos; each gives num_samples augmented samples
     rows.update(
         fit_epochs=summary.epochs_done, fit_seconds=round(fit_s, 1),
         train_clips_per_s=round(clips / fit_s, 2),
