@@ -9,5 +9,5 @@ py=${PYTHON:-python}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" bench/models.py --device cuda --amp bf16 --frames 32 --size 224 --batch 4 \
-  --models uniformer_b,mvit_b,slowfast_r101 --min-seconds 2 2>&1 | tee "$out/gpu_models.txt"
+  --models uniformer_b,mvit_b,slowfast_r101 --min-seconds 2 --attention-model uniformer_b 2>&1 | tee "$out/gpu_models.txt"
 "$py" bench/gpu_check.py --out "$out/gpu_check.json" 2>&1 | tee "$out/gpu_check.txt"
