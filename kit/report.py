@@ -53,7 +53,7 @@ def collect(params: Params, layout: RunLayout, steps=()) -> dict:
                 tta.append({"model": m.label, **{k: t[k] for k in ("gamma", "views", "crops", "top1")}})
     ens = _read(layout.model_dir(ENSEMBLE, ENSEMBLE) / "results.json")
     if ens:
-        row = {"model": ENSEMBLE, "stage": ens.get("stage", ENSEMBLE)}
+        row = {"model": ENSEMBLE, "stage": ENSEMBLE, "of_stage": ens.get("stage")}
         for split in ("val", "test"):
             if split in ens:
                 row[f"top1_{split}"] = ens[split]["top1"]
@@ -110,9 +110,6 @@ def ablation_text(summary: dict) -> str:
     stages = list(dict.fromkeys(r["stage"] for r in rows if r["model"] != ENSEMBLE))
     models = list(dict.fromkeys(r["model"] for r in rows))
     table = {(r["model"], r["stage"]): r.get("top1") for r in rows}
-    for r in rows:  # the ensemble has one number, shown in its own column
-        if r["model"] == ENSEMBLE:
-            table[(ENSEMBLE, ENSEMBLE)] = r.get("top1")
     width = max(12, *(len(m) + 2 for m in models))
     lines = [
         f"top-1 % on {summary['eval_split']} ({summary['protocol']} protocol)",

@@ -221,10 +221,8 @@ def supervised(params: Params, label: str) -> dict:
     return results
 
 
-def _history_rows(history):
-    if isinstance(history, dict) and "epochs" in history:
-        return history["epochs"]
-    return history if isinstance(history, list) else None
+def _history_rows(summary):
+    return list(summary.history)
 
 
 def _adapt_loader(params: Params):
@@ -290,6 +288,7 @@ def select_pseudo(params: Params, round: int) -> dict:
     Runs once per round (the first model's notebook does it; the others read it back).
     """
     from kit import data, ensemble, pseudo
+    from kit.predictions import Predictions
 
     layout = RunLayout(params.out_dir)
     out = layout.pseudo_dir(round)
@@ -298,34 +297,39 @@ def select_pseudo(params: Params, round: int) -> dict:
         return json.loads(report_path.read_text())
     prev = _previous_stage(round)
     labels = [m.label for m in params.models]
-    pool_preds = [layout.predictions(m, prev, "unlabeled") for m in labels]
-    missing = [str(p) for p in pool_preds if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"round {round} needs every model's {prev} pool predictions; missing: {missing}")
-    fused = ensemble.fuse(pool_preds, space="prob")
-    val_fused = None
-    if params.data.val and all(layout.predictions(m, prev, "val").exists() for m in labels):
-        val_fused = ensemble.fuse([layout.predictions(m, prev, "val") for m in labels], space="prob")
+
+    def fused(split):
+        files = [layout.predictions(m, prev, split) for m in labels]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise FileNotFoundError(f"round {round} needs every model's {prev} predictions; missing: {missing}")
+        return ensemble.fuse(files, space="prob")
+
+    pool = fused("unlabeled")
+    val = fused("val") if params.data.val else None
     if params.protocol == "transductive":
-        # evaluation clips join the pool, as in the challenge
-        extra = [s for s in ("val", "test") if getattr(params.data, s)]
-        parts = [fused] + [
-            ensemble.fuse([layout.predictions(m, prev, s) for m in labels], space="prob") for s in extra
-        ]
-        fused = pseudo.concat_predictions(parts)
-    truth = pseudo.read_hidden_labels(params.data.root)
-    thresholds = pseudo.thresholds_for(params.pseudo.threshold, round, fused, val=val_fused)
-    report = pseudo.selection_report(
-        fused, thresholds, class_names=data.read_classes(params.data.root), truth=truth, round=round,
-        protocol=params.protocol,
+        # evaluation clips join the pool, as in the challenge (each clip once)
+        parts = [pool] + ([val] if val is not None else []) + ([fused("test")] if params.data.test else [])
+        seen, rows = set(), []
+        for part in parts:
+            for i, path in enumerate(part.paths):
+                if path not in seen:
+                    seen.add(path)
+                    rows.append((path, part.labels[i], part.scores[i]))
+        pool = Predictions(
+            paths=[r[0] for r in rows], labels=[r[1] for r in rows], scores=np.stack([r[2] for r in rows]),
+            kind="probs",
+        )
+    truth, source = pseudo.known_labels(
+        pool, hidden=pseudo.read_hidden_labels(params.data.root), protocol=params.protocol
     )
-    mask, chosen = pseudo.select(fused.probs(), thresholds)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        pseudo.write_pseudo_list(
-            out / "pseudo.csv", [p for p, k in zip(fused.paths, mask) if k], chosen[mask], fused.probs()[mask]
+        report, _ = pseudo.select_round(
+            params.pseudo.threshold, round, pool, out_dir=out, val=val, true_labels=truth,
+            label_source=source, class_names=data.read_classes(params.data.root), protocol=params.protocol,
         )
-        report_path.write_text(json.dumps(report.to_dict(), indent=2, default=float))
+        log.info("round %d: kept %d of %d pool clips", round, report.total_kept, report.total_pool)
     dist.barrier()
     return json.loads(report_path.read_text())
 
@@ -390,35 +394,27 @@ def run_ensemble(params: Params) -> dict:
     labels = [m.label for m in params.models]
     cfg = params.ensemble
     results: dict = {"stage": stage, "models": labels}
-    val_files = [layout.predictions(m, stage, "val") for m in labels] if params.data.val else []
-    temperatures = None
-    if cfg.temperature and val_files:
-        temperatures = [ensemble.fit_temperature(predictions.load(f)) for f in val_files]
-        results["temperatures"] = temperatures
-    if isinstance(cfg.weights, list):
-        weights = cfg.weights
-    elif cfg.weights == "fit" and val_files:
-        fit = ensemble.fit_weights(
-            [predictions.load(f) for f in val_files], objective=cfg.objective, names=labels,
-            temperatures=temperatures,
-        )
-        weights = list(fit.weights)
+    if params.data.val:
+        val = [predictions.load(layout.predictions(m, stage, "val")) for m in labels]
+        fit = ensemble.ensemble_weights(cfg, val)
         results["fit"] = fit.to_dict()
-    else:
-        weights = [1.0 / len(labels)] * len(labels)
-    results["weights"] = dict(zip(labels, map(float, weights)))
+        results["baselines"] = fit.to_frame().reset_index().to_dict(orient="records")
+    else:  # nothing labelled to fit on: equal weights, or the given ones
+        weights = cfg.weights if isinstance(cfg.weights, list) else [1.0] * len(labels)
+        fit = None
     for split in eval_splits(params):
-        fused = ensemble.fuse(
-            [layout.predictions(m, stage, split) for m in labels], weights, space=cfg.space,
-            temperatures=temperatures,
-        )
-        fused.meta.update(model=ENSEMBLE, stage=ENSEMBLE, split=split, weights=results["weights"])
+        files = [layout.predictions(m, stage, split) for m in labels]
+        fused = ensemble.apply_weights(fit, files) if fit else ensemble.fuse(files, weights, space=cfg.space)
+        fused.meta.update(model=ENSEMBLE, stage=ENSEMBLE, split=split)
         fused.save(layout.predictions(ENSEMBLE, ENSEMBLE, split))
         if _labelled(fused):
             results[split] = _metrics(fused)
         if split == "test" and cfg.submission:
-            path = submission.write(fused, layout.root / "submission.csv")
+            path = submission.write(
+                fused, layout.root / "submission.csv", video=cfg.submission_video, ids=cfg.submission_ids
+            )
             results["submission"] = str(path)
+    results["weights"] = dict(zip(labels, map(float, fit.weights if fit else weights)))
     write_results(params, ENSEMBLE, ENSEMBLE, results)
     return results
 
@@ -466,11 +462,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = read_saved_params(args.params)
-    dist.init()
+    dist.init_distributed(device=resolve_device(params))
     try:
         run_stage(args.stage, params, args.model, args.round)
     finally:
-        dist.cleanup()
+        dist.destroy()
     return 0
 
 
