@@ -56,6 +56,25 @@ def read_frames(path, indices) -> np.ndarray:
     return out
 
 
+# BT.601 limited-range RGB -> Y, Cb, Cr (rows), the conversion decoders assume for untagged H.264
+_RGB_TO_YUV = np.array(
+    [[65.738, 129.057, 25.064], [-37.945, -74.494, 112.439], [112.439, -94.154, -18.285]], dtype=np.float32
+) / 256.0
+
+
+def _rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``(T, H, W, 3)`` -> planar yuv420p ``(T, H * 3 // 2, W)``, the whole clip at once."""
+    t, h, w, _ = frames.shape
+    rgb = frames.astype(np.float32)
+    y = rgb @ _RGB_TO_YUV[0] + 16.0
+    small = rgb.reshape(t, h // 2, 2, w // 2, 2, 3).mean(axis=(2, 4))  # 2x2 chroma subsampling
+    cb = small @ _RGB_TO_YUV[1] + 128.0
+    cr = small @ _RGB_TO_YUV[2] + 128.0
+    planes = [y.reshape(t, -1), cb.reshape(t, -1), cr.reshape(t, -1)]
+    out = np.concatenate(planes, axis=1) + 0.5
+    return np.clip(out, 0, 255).astype(np.uint8).reshape(t, h * 3 // 2, w)
+
+
 def write_mp4(path, frames: np.ndarray, *, fps: int = 25, crf: int = 18, threads: int | None = None) -> Path:
     """Write uint8 frames ``(T, H, W, 3)`` (RGB) as an H.264 mp4. H and W must be even.
 
@@ -81,9 +100,10 @@ def write_mp4(path, frames: np.ndarray, *, fps: int = 25, crf: int = 18, threads
         if threads is not None:
             options["threads"] = str(threads)
         stream.options = options
-        for i, frame in enumerate(frames):
-            # explicit yuv420p conversion and timestamps: with PyAV's implicit ones bytes varied
-            vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+        # own yuv420p conversion (one numpy pass, no per-frame swscale context) and explicit
+        # timestamps: with PyAV's implicit ones the bytes varied from run to run
+        for i, plane in enumerate(_rgb_to_yuv420p(frames)):
+            vf = av.VideoFrame.from_ndarray(plane, format="yuv420p")
             vf.pts = i
             for packet in stream.encode(vf):
                 container.mux(packet)
