@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -237,8 +238,13 @@ def run(
                 file=out,
             )
             return 1
+        # runner + largest finished child (the kernel) so far, KiB on Linux: an upper bound of both at once
+        rss_kib = sum(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
         _marker(layout, step).write_text(
-            json.dumps({"hash": _step_hash(params, step), "seconds": seconds, "finished": time.time()})
+            json.dumps({
+                "hash": _step_hash(params, step), "seconds": seconds, "finished": time.time(),
+                "peak_rss_MiB": round(rss_kib / 1024, 1),
+            })
         )
     from kit import report
 
