@@ -284,7 +284,8 @@ def generate(
     unlabelled pool and the test clips), ``synth.json`` and ``README.txt``. ``dark`` overrides
     other :class:`SynthSettings` fields (``dark_brightness``, ``photons``, ``read_noise``, ...).
     Deterministic for a seed: the same frames (:func:`clip_frames`) and the same bytes, with any
-    number of ``workers`` (encoding processes; default: CPUs, at most 4).
+    number of ``workers`` (encoding processes; default: CPUs, at most 4). The workers are
+    spawned, so a script that calls this needs the ``if __name__ == "__main__":`` guard.
     """
     if size % 2 or size == 48:
         raise ValueError(
