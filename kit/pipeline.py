@@ -267,6 +267,7 @@ def main(argv=None) -> int:
     r.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # the runner prints its own progress
     try:
         return run(
             args.params, args.overrides, start=args.start, only=args.only, dry_run=args.dry_run,
