@@ -36,7 +36,7 @@ from torch.utils.data import (
     default_collate,
 )
 
-from kit.sampling import sample_indices
+from kit.sampling import SAMPLINGS, sample_indices
 from kit.transforms import EvalPreset, TrainPreset
 from kit.video import VideoReadError, open_video
 
@@ -210,6 +210,8 @@ class VideoDataset(Dataset):
             num_classes = len(read_classes(self.root))
         self.num_classes = num_classes
         self.list = read_list(resolve_list(self.root, list_file), num_classes)
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         self.frames, self.sampling, self.stride = frames, sampling, stride
         self.transform, self.train = transform, train
         if train and views != 1:

@@ -162,6 +162,31 @@ def test_dataset_checks_labels_against_classes(tiny_data_dir):
         )
 
 
+def test_dataset_rejects_unknown_sampling(tiny_data_dir):
+    with pytest.raises(ValueError, match="sampling"):
+        VideoDataset(
+            tiny_data_dir,
+            "val.csv",
+            frames=4,
+            transform=EvalPreset(crop=32),
+            train=False,
+            sampling="tsn",
+        )
+
+
+def test_dense_sampling_dataset(tiny_data_dir):
+    ds = VideoDataset(
+        tiny_data_dir,
+        "val.csv",
+        frames=4,
+        transform=EvalPreset(crop=32),
+        train=False,
+        sampling="dense",
+        stride=3,
+    )
+    assert ds[0]["video"].shape == (3, 4, 32, 32)
+
+
 def _bad_dir(tiny_data_dir):
     (tiny_data_dir / "empty.mp4").write_bytes(b"")
     (tiny_data_dir / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
