@@ -37,6 +37,9 @@ NORMALIZE_OPTIONS = [("counts", "counts"), ("rows (recall)", "true"), ("columns 
 CELL_CLASS = "nk-cell"  # CSS classes let a browser test find the parts
 CLIP_CLASS = "nk-clip"
 THUMB_CLASS = "nk-thumb"
+GRID_MAX = 20  # classes on the grid at once (a 50-class grid would be 2,500 widgets); pick them with `classes`
+COLOR_LEVELS = 16  # cell colours are quantised so that cells can share their style models
+SELECTED_COLOR = "#fd8d3c"  # the clicked cell
 
 
 class FrameStrips:
@@ -166,31 +169,38 @@ class ConfusionInspector:
         self.gamma_toggle.add_class("nk-gamma")
         self.status = W.HTML()
 
-        # ---- the matrix: a header row, then one row of buttons per true class
-        dense = self.k > confusion.ANNOTATE_MAX_CLASSES
-        side = 22 if dense else 52
-        col_names = [str(j) for j in range(self.k)] if dense else self.class_names
-        head = [W.HTML("<b>true \\ pred</b>")] + [
-            W.HTML(f"<div style='text-align:center;font-size:{9 if dense else 11}px;overflow:hidden' "
-                   f"title='{html.escape(n)}'>{html.escape(n)}</div>") for n in col_names
-        ]
+        # ---- the matrix: a header row, then one row of buttons per true class (at most GRID_MAX)
+        m = self._grid_size = min(self.k, GRID_MAX)
+        side = self._side = 52 if m <= 12 else 42
+        # one Layout and a few ButtonStyles shared by all cells, and cells born painted: each widget
+        # model and each change is a message, and Jupyter drops messages past 1,000 a second
+        cell_layout = W.Layout(width=f"{side}px", height=f"{side}px", padding="0", margin="0")
+        label_layout = W.Layout(align_self="center")
+        self._styles: dict = {}
+        self._cm = confusion.confusion_of(self._preds)
+        self.shown_classes: list[int] = self._default_focus(m)
+        self._col_labels = [W.HTML(layout=label_layout) for _ in range(m)]
+        self._row_labels = [W.HTML(layout=label_layout) for _ in range(m)]
+        states = self._cell_states()
         self._buttons: list[list] = []
-        cells = list(head)
-        for i, name in enumerate(self.class_names):
-            label = f"{i} {name}" if dense else name
-            cells.append(W.HTML(f"<div style='font-size:{9 if dense else 12}px;white-space:nowrap'>"
-                                f"{html.escape(label)}</div>", layout=W.Layout(align_self="center")))
+        cells = [W.HTML("<b>true \\ pred</b>"), *self._col_labels]
+        for r in range(m):
             row = []
-            for j in range(self.k):
-                b = W.Button(layout=W.Layout(width=f"{side}px", height=f"{side}px", padding="0", margin="0"))
+            for c in range(m):
+                b = W.Button(layout=cell_layout, **states[r][c])
                 b.add_class(CELL_CLASS)
-                b.add_class(f"{CELL_CLASS}-{i}-{j}")
-                b.on_click(self._on_cell(i, j))
+                b.add_class(f"{CELL_CLASS}-{r}-{c}")  # grid position (= class ids when all classes fit)
+                b.on_click(self._on_cell(r, c))
                 row.append(b)
-            cells.extend(row)
+            cells += [self._row_labels[r], *row]
             self._buttons.append(row)
+        self._label_axes()
+        self.classes_select = W.SelectMultiple(
+            options=[(f"{i} {n}", i) for i, n in enumerate(self.class_names)], value=tuple(self.shown_classes),
+            rows=8, description="classes", tooltip=f"classes on the grid (at most {GRID_MAX})")
+        self.classes_select.observe(self._on_classes, names="value")
         self.grid = W.GridBox(cells, layout=W.Layout(
-            grid_template_columns=f"max-content repeat({self.k}, {side}px)", grid_gap="1px", width="max-content"))
+            grid_template_columns=f"max-content repeat({m}, {side}px)", grid_gap="1px", width="max-content"))
 
         # ---- the clip list and its pager
         self.prev_button = W.Button(description="◀ prev", layout=W.Layout(width="80px"))
@@ -202,6 +212,7 @@ class ConfusionInspector:
         self.clip_box = W.VBox()
         self.widget = W.VBox([
             W.HBox([self.model_dropdown, self.stage_dropdown, self.normalize_dropdown, self.gamma_toggle]),
+            *([self.classes_select] if self.k > GRID_MAX else []),
             self.status,
             self.grid,
             self.clip_title,
@@ -241,8 +252,31 @@ class ConfusionInspector:
         return None if how == "counts" else how
 
     def cell_button(self, i: int, j: int):
-        """The button of cell (true ``i``, predicted ``j``)."""
-        return self._buttons[i][j]
+        """The button of cell (true class ``i``, predicted class ``j``); both must be on the grid."""
+        if i not in self.shown_classes or j not in self.shown_classes:
+            raise KeyError(f"class {i if i not in self.shown_classes else j} is not on the grid "
+                           f"(shown: {self.shown_classes}); set_classes([...]) first")
+        return self._buttons[self.shown_classes.index(i)][self.shown_classes.index(j)]
+
+    def set_classes(self, classes) -> None:
+        """Show these classes (ids or names, at most ``GRID_MAX``) on the grid, in id order."""
+        ids = []
+        for c in classes:
+            if isinstance(c, str):
+                if c not in self.class_names:
+                    raise KeyError(f"no class {c!r}; classes are {self.class_names}")
+                c = self.class_names.index(c)
+            if not 0 <= int(c) < self.k:
+                raise IndexError(f"class id {c} outside 0..{self.k - 1}")
+            ids.append(int(c))
+        ids = sorted(set(ids))
+        if not ids or len(ids) > self._grid_size:
+            raise ValueError(f"choose 1 to {self._grid_size} classes for the grid, got {len(ids)}")
+        self.shown_classes = ids
+        if tuple(ids) != tuple(self.classes_select.value):
+            self.classes_select.value = tuple(ids)
+        self._label_axes()
+        self._paint()
 
     def select(self, i: int, j: int) -> None:
         """Show the clips of cell (true ``i``, predicted ``j``), first page."""
@@ -300,8 +334,42 @@ class ConfusionInspector:
     def _stages(self, model: str) -> list[str]:
         return [s for m, s in self.sources if m == model]
 
-    def _on_cell(self, i: int, j: int):
-        return lambda _button: self.select(i, j)
+    def _on_cell(self, r: int, c: int):
+        # a button stands for a grid position; which classes sit there depends on the focus
+        def click(_button):
+            if r < len(self.shown_classes) and c < len(self.shown_classes):
+                self.select(self.shown_classes[r], self.shown_classes[c])
+        return click
+
+    def _on_classes(self, change) -> None:
+        chosen = list(change["new"])
+        if 0 < len(chosen) <= self._grid_size:
+            self.set_classes(chosen)
+        else:
+            self.status.value = f"<span style='color:#b00'>choose 1 to {self._grid_size} classes for the grid</span>"
+
+    def _default_focus(self, m: int) -> list[int]:
+        """All classes if they fit; else the classes of the most-confused pairs, topped up by id."""
+        if self.k <= m:
+            return list(range(self.k))
+        chosen: list[int] = []
+        for pair in confusion.most_confused(self._cm, top=self.k * self.k).itertuples():
+            for c in (pair.true_id, pair.pred_id):
+                if c not in chosen and len(chosen) < m:
+                    chosen.append(int(c))
+        chosen += [c for c in range(self.k) if c not in chosen][: m - len(chosen)]
+        return sorted(chosen)
+
+    def _label_axes(self) -> None:
+        small = self._grid_size > 12
+        for r, (row_label, col_label) in enumerate(zip(self._row_labels, self._col_labels, strict=True)):
+            name = self.class_names[self.shown_classes[r]] if r < len(self.shown_classes) else ""
+            text = html.escape(f"{self.shown_classes[r]} {name}" if name and self.k > GRID_MAX else name)
+            row_label.value = f"<div style='font-size:{10 if small else 12}px;white-space:nowrap'>{text}</div>"
+            head = str(self.shown_classes[r]) if name and self.k > GRID_MAX else name  # ids match the row labels
+            col_label.value = (f"<div style='text-align:center;font-size:{9 if small else 11}px;overflow:hidden;"
+                               f"white-space:nowrap;text-overflow:ellipsis;width:{self._side}px' "
+                               f"title='{html.escape(name)}'>{html.escape(head)}</div>")
 
     def _on_model(self, change) -> None:
         stages = self._stages(change["new"])
@@ -321,33 +389,61 @@ class ConfusionInspector:
         model, stage = self.source
         self.status.value = (f"<b>{html.escape(model)}@{html.escape(stage)}</b>: {int(self._cm.sum())} labelled clips, "
                              f"top-1 {confusion.top1(self._cm):.1%}"
-                             + (f"; {n_unl} unlabelled clip(s) left out" if n_unl else ""))
+                             + (f"; {n_unl} unlabelled clip(s) left out" if n_unl else "")
+                             + (f"; the grid shows {len(self.shown_classes)} of {self.k} classes, picked under "
+                                f"'classes' (first the most confused)" if self.k > GRID_MAX else ""))
         self.page = 0
         self._paint()
         self._show_page()
 
-    def _paint(self) -> None:
+    def _style(self, level: int, diagonal: bool, selected: bool):
+        """The shared ButtonStyle of a cell: colour level 0..COLOR_LEVELS, bold on the diagonal."""
+        import ipywidgets as W
         from matplotlib import colormaps
         from matplotlib.colors import to_hex
 
+        key = ("selected", diagonal) if selected else (level, diagonal)
+        if key not in self._styles:
+            colour = SELECTED_COLOR if selected else to_hex(colormaps["Blues"](0.05 + 0.9 * level / COLOR_LEVELS))
+            self._styles[key] = W.ButtonStyle(
+                button_color=colour, text_color="white" if level > COLOR_LEVELS / 2 and not selected else "black",
+                font_weight="bold" if diagonal else "normal")
+        return self._styles[key]
+
+    def _cell_states(self) -> list[list[dict]]:
+        """Per grid position: the button's description, tooltip, shared style and whether it is in use."""
         how = self._normalize_by
         values = self.shown_values
-        top = values.max() if how is None else 1.0
-        cmap = colormaps["Blues"]
-        dense = self.k > confusion.ANNOTATE_MAX_CLASSES
-        for i in range(self.k):
-            for j in range(self.k):
+        shown = self.shown_classes
+        top = values[np.ix_(shown, shown)].max() if how is None else 1.0
+        m = self._grid_size
+        states = []
+        for r in range(m):
+            row = []
+            for c in range(m):
+                if r >= len(shown) or c >= len(shown):  # fewer classes chosen than the grid holds
+                    row.append({"description": "", "tooltip": "", "disabled": True,
+                                "style": self._style(0, False, False)})
+                    continue
+                i, j = shown[r], shown[c]
                 v = values[i, j]
-                level = v / top if top > 0 else 0.0
-                b = self._buttons[i][j]
-                b.style.button_color = to_hex(cmap(0.05 + 0.9 * level))
-                b.style.text_color = "white" if level > 0.5 else "black"
-                b.style.font_weight = "bold" if i == j else "normal"
-                text = f"{int(v)}" if how is None else f"{v:.2f}"
-                b.description = "" if dense else text
-                b.tooltip = (f"{self.class_names[i]} -> {self.class_names[j]}: {int(self._cm[i, j])} clip(s)"
-                             + ("" if how is None else f", {v:.2f}"))
-                b.layout.border = "2px solid #e6550d" if self.selected == (i, j) else "1px solid white"
+                level = round(COLOR_LEVELS * v / top) if top > 0 else 0
+                row.append({
+                    "description": f"{int(v)}" if how is None else f"{v:.2f}",
+                    "tooltip": (f"{self.class_names[i]} -> {self.class_names[j]}: {int(self._cm[i, j])} clip(s)"
+                                + ("" if how is None else f", {v:.2f}")),
+                    "disabled": False,
+                    "style": self._style(level, i == j, self.selected == (i, j)),
+                })
+            states.append(row)
+        return states
+
+    def _paint(self) -> None:
+        # traitlets send only what changed, so a repaint costs one message per changed cell
+        for row, states in zip(self._buttons, self._cell_states(), strict=True):
+            for b, state in zip(row, states, strict=True):
+                for name, value in state.items():
+                    setattr(b, name, value)
 
     def _cell_rows(self) -> np.ndarray:
         i, j = self.selected
@@ -405,7 +501,9 @@ class ConfusionInspector:
             path = self._preds.paths[r]
             probs = {}
             for key in self._prob_sources():
-                row = self._row_index(key).get(path)
+                other = self.sources[key].paths
+                # lists made from the same CSV line up row for row; otherwise find the clip by path
+                row = r if r < len(other) and other[r] == path else self._row_index(key).get(path)
                 if row is not None:
                     p = self._probs_of(key)[row]
                     probs["@".join(key)] = (float(p[i]), float(p[j]))

@@ -7,7 +7,15 @@ from fixture_run import CLASSES, LABELS, PREDICTED, build_fixture_run
 from kit import confusion
 from kit.config import load_params
 from kit.predictions import Predictions
-from kit.widgets import CLIP_CLASS, ConfusionInspector, FrameStrips, frames_table
+from kit.widgets import (
+    CLIP_CLASS,
+    COLOR_LEVELS,
+    GRID_MAX,
+    SELECTED_COLOR,
+    ConfusionInspector,
+    FrameStrips,
+    frames_table,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +68,8 @@ def test_click_lists_the_clips_and_every_models_probabilities(run):
     boxes = ins.clip_box.children
     assert len(boxes) == 2 and all(CLIP_CLASS in b._dom_classes for b in boxes)
     assert boxes[0].children[0].value[:8] == b"\x89PNG\r\n\x1a\n"  # the frame strip
-    assert ins.cell_button(0, 3).layout.border.startswith("2px")  # the selected cell is outlined
+    assert ins.cell_button(0, 3).style.button_color == SELECTED_COLOR  # the clicked cell stands out
+    assert ins.cell_button(0, 2).style.button_color != SELECTED_COLOR
 
 
 def test_switching_model_keeps_the_cell_and_updates_the_list(run):
@@ -138,6 +147,19 @@ def test_paging_through_a_large_cell(run):
     assert ins.strips.decoded == 3  # only clips that were shown got decoded
 
 
+def test_probabilities_follow_the_clip_when_lists_differ_in_order(tmp_path):
+    # model b's file lists the same clips in another order; each row must show that clip's numbers
+    paths = ["x.mp4", "y.mp4"]
+    a = Predictions(paths, [0, 0], [[0.2, 0.8], [0.4, 0.6]], kind="probs")
+    b = Predictions(paths[::-1], [0, 0], [[0.3, 0.7], [0.1, 0.9]], kind="probs")
+    ins = ConfusionInspector({("a", "pi1"): a, ("b", "pi1"): b}, class_names=["p", "q"], data_root=tmp_path)
+    ins.select_source("a", "pi1")
+    ins.cell_button(0, 1).click()
+    rows = {r["path"]: r["probs"] for r in ins.clip_rows}
+    assert rows["x.mp4"]["b@pi1"] == pytest.approx((0.1, 0.9)) and rows["y.mp4"]["b@pi1"] == pytest.approx((0.3, 0.7))
+    assert rows["x.mp4"]["a@pi1"] == pytest.approx((0.2, 0.8))
+
+
 def test_unreadable_clip_is_reported_not_raised(run, tmp_path):
     preds = Predictions(["missing.mp4"], [0], [[2.0, 0.0]])
     ins = ConfusionInspector({("m", "adapt_bn"): preds}, class_names=["a", "b"], data_root=tmp_path)
@@ -155,13 +177,34 @@ def test_constructor_rejects_bad_input(run):
         _inspector(run).select(4, 0)
 
 
-def test_dense_grid_for_many_classes_has_no_text():
-    k = 30
-    labels = np.arange(60) % k
-    logits = np.eye(k, dtype=np.float32)[labels]
-    ins = ConfusionInspector({("m", "pi1"): Predictions([f"{i}.mp4" for i in range(60)], labels, logits)},
-                             class_names=[f"c{i}" for i in range(k)], data_root=".")
-    assert ins.cell_button(5, 5).description == "" and "c5 -> c5: 2 clip(s)" in ins.cell_button(5, 5).tooltip
+def test_many_classes_show_the_most_confused_on_a_grid_of_at_most_grid_max():
+    k = 50
+    labels = np.arange(100) % k
+    predicted = labels.copy()
+    predicted[[7, 8, 33]] = [40, 40, 2]  # confusions: 7 -> 40, 8 -> 40, 33 -> 2
+    logits = np.eye(k, dtype=np.float32)[predicted] * 3
+    names = [f"c{i}" for i in range(k)]
+    ins = ConfusionInspector({("m", "pi1"): Predictions([f"{i}.mp4" for i in range(100)], labels, logits)},
+                             class_names=names, data_root=".")
+    assert len(ins._buttons) == GRID_MAX and len(ins.shown_classes) == GRID_MAX
+    assert {2, 7, 8, 33, 40} <= set(ins.shown_classes)  # the confused classes are on the grid
+    assert ins.cell_button(7, 40).description == "1" and "c7 -> c40: 1 clip(s)" in ins.cell_button(7, 40).tooltip
+    assert "20 of 50 classes" in ins.status.value
+    ins.cell_button(7, 40).click()
+    assert ins.selected_clips == ["7.mp4"]
+    ins.set_classes(["c33", 2, "c45"])
+    assert ins.shown_classes == [2, 33, 45] and ins.classes_select.value == (2, 33, 45)
+    assert ins.cell_button(33, 2).description == "1"
+    assert ins._buttons[0][5].disabled and ins._buttons[0][5].description == ""  # unused positions blank
+    with pytest.raises(KeyError, match="not on the grid"):
+        ins.cell_button(7, 40)
+    ins.classes_select.value = (7, 40)  # what picking in the list does
+    assert ins.cell_button(7, 40).description == "1"
+    with pytest.raises(ValueError, match="1 to 20"):
+        ins.set_classes(range(21))
+    # a few shared models, not three per cell (Jupyter drops messages past 1,000 a second)
+    cells = [b for row in ins._buttons for b in row]
+    assert len({id(b.layout) for b in cells}) == 1 and len({id(b.style) for b in cells}) <= 2 * (COLOR_LEVELS + 2)
 
 
 def test_frame_strip_of_a_missing_file_names_it():
