@@ -4,6 +4,9 @@
 clicking cell (true i, predicted j) lists the clips in it with a strip of frames, their true and
 predicted class and every model's probability for both classes. Frames are decoded only for the
 clips on the page being shown and cached, so switching pages, cells or gamma stays quick.
+With more than ``GRID_MAX`` (20) classes the grid shows 20 at a time, the most confused first,
+and a ``classes`` list picks others: every cell is a widget, and Jupyter drops messages past
+1,000 a second, so a 50x50 grid of buttons would never arrive in the browser.
 
 Example (in a notebook)::
 
@@ -130,7 +133,9 @@ class ConfusionInspector:
     clip paths are relative to ``data_root``. ``gamma`` brightens the frame strips (toggle).
     Programmatic use: :meth:`cell_button` ``(i, j).click()``, :attr:`selected_clips`,
     :attr:`clip_rows`, :meth:`set_gamma`, :meth:`set_normalize`, :meth:`select_source`,
-    :meth:`next_page`.
+    :meth:`set_classes`, :meth:`next_page` / :meth:`prev_page`. In the browser, cells carry the
+    CSS classes ``nk-cell`` and ``nk-cell-<row>-<column>`` (grid positions), listed clips ``nk-clip``,
+    their frame strips ``nk-thumb``, the gamma toggle ``nk-gamma``.
     """
 
     def __init__(self, sources: dict[tuple[str, str], Predictions], *, class_names, data_root,
