@@ -41,6 +41,7 @@ CELL_CLASS = "nk-cell"  # CSS classes let a browser test find the parts
 CLIP_CLASS = "nk-clip"
 THUMB_CLASS = "nk-thumb"
 GRID_MAX = 20  # classes on the grid at once (a 50-class grid would be 2,500 widgets); pick them with `classes`
+DEFAULT_GAMMA = 0.25  # the paper's gamma for dark clips
 COLOR_LEVELS = 16  # cell colours are quantised so that cells can share their style models
 SELECTED_COLOR = "#fd8d3c"  # the clicked cell
 
@@ -130,7 +131,8 @@ class ConfusionInspector:
     """Clickable confusion matrix of several prediction sources, with the clips behind each cell.
 
     ``sources`` maps ``(model, stage)`` to :class:`Predictions` of one split (same classes);
-    clip paths are relative to ``data_root``. ``gamma`` brightens the frame strips (toggle).
+    clip paths are relative to ``data_root``. ``gamma`` brightens the frame strips (a toggle; ``None``
+    starts with the raw frames and toggles to 0.25).
     Programmatic use: :meth:`cell_button` ``(i, j).click()``, :attr:`selected_clips`,
     :attr:`clip_rows`, :meth:`set_gamma`, :meth:`set_normalize`, :meth:`select_source`,
     :meth:`set_classes`, :meth:`next_page` / :meth:`prev_page`. In the browser, cells carry the
@@ -139,7 +141,7 @@ class ConfusionInspector:
     """
 
     def __init__(self, sources: dict[tuple[str, str], Predictions], *, class_names, data_root,
-                 gamma: float = 0.25, page_size: int = 6, frames: int = 4, thumb_height: int = 64):
+                 gamma: float | None = 0.25, page_size: int = 6, frames: int = 4, thumb_height: int = 64):
         import ipywidgets as W
 
         if not sources:
@@ -153,7 +155,7 @@ class ConfusionInspector:
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
         self.data_root = Path(data_root)
-        self.gamma = gamma
+        self.gamma = DEFAULT_GAMMA if gamma is None else gamma  # None: strips start raw, the toggle brightens
         self.page_size = page_size
         self.strips = FrameStrips(frames=frames, height=thumb_height)
         self.models = list(dict.fromkeys(m for m, _ in self.sources))
@@ -169,7 +171,7 @@ class ConfusionInspector:
         self.stage_dropdown = W.Dropdown(options=self._stages(first_model), description="stage")
         self.stage_dropdown.value = self._stages(first_model)[-1]
         self.normalize_dropdown = W.Dropdown(options=NORMALIZE_OPTIONS, value="counts", description="values")
-        self.gamma_toggle = W.ToggleButton(value=True, description=f"gamma {gamma}", icon="sun",
+        self.gamma_toggle = W.ToggleButton(value=gamma is not None, description=f"gamma {self.gamma}", icon="sun",
                                            tooltip="brighten the (nearly black) frames with gamma correction")
         self.gamma_toggle.add_class("nk-gamma")
         self.status = W.HTML()

@@ -128,6 +128,16 @@ def test_gamma_toggle_brightens_and_frames_are_decoded_once(run):
     assert ins.clip_box.children[0].children[0].value == bright
 
 
+def test_gamma_none_starts_with_raw_frames(run):
+    ins = _inspector(run, gamma=None)
+    assert not ins.gamma_toggle.value and ins.gamma == 0.25
+    ins.select_source("uni", "adapt_bn")
+    ins.cell_button(0, 3).click()
+    raw = ins.clip_box.children[0].children[0].value
+    ins.set_gamma(True)
+    assert ins.clip_box.children[0].children[0].value != raw
+
+
 def test_paging_through_a_large_cell(run):
     ins = _inspector(run, page_size=1)
     ins.select_source("sf", "adapt_bn")
