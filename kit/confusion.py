@@ -366,23 +366,36 @@ class RunPredictions:
         models = [*self.models, ENSEMBLE]
         return (models.index(model) if model in models else len(models), stages.index(stage) if stage in stages else 0)
 
-    def pick_compare(self, wanted) -> tuple[str, str]:
+    def pick_compare(self, wanted) -> tuple[str, str] | None:
         """The two stages to compare: ``wanted`` where available, else the first and last stages
-        that some model has (logged), so a run with fewer rounds still gets a comparison."""
+        that some model has (logged), so a run with fewer rounds still gets a comparison;
+        ``None`` (logged) when the run has fewer than two stages."""
         if len(wanted) != 2:
             raise ValueError(f"compare needs two stage names, got {list(wanted)}")
-        have = [s for s in run_stages(100)
-                if any(s in self.stages(m) for m in self.models)]
+        have = [s for s in run_stages(100) if any(s in self.stages(m) for m in self.models)]
         a, b = wanted
-        if a in have and b in have:
+        if a in have and b in have and a != b:
             return a, b
         if len(have) < 2:
-            raise FileNotFoundError(f"split {self.split!r}: fewer than two stages with predictions ({have})")
+            log.warning("compare %s vs %s: split %s has predictions of %s only; nothing to compare",
+                        a, b, self.split, have or "no stage")
+            return None
         fa = a if a in have else have[0]
-        fb = b if b in have and b != fa else have[-1]
+        fb = b if b in have else have[-1]
+        if fa == fb:
+            fa, fb = have[0], have[-1]
+        fa, fb = sorted((fa, fb), key=have.index)
         log.warning("compare %s vs %s: %s missing in this run; comparing %s vs %s instead",
-                    a, b, ", ".join(s for s in (a, b) if s not in have), fa, fb)
+                    a, b, ", ".join(s for s in (a, b) if s not in have) or "a distinct pair", fa, fb)
         return fa, fb
+
+    def comparisons(self, wanted) -> list[tuple[str, str, str]]:
+        """``(model, stage_a, stage_b)`` for each model that has both stages of :meth:`pick_compare`."""
+        pair = self.pick_compare(wanted)
+        if pair is None:
+            return []
+        a, b = pair
+        return [(m, a, b) for m in self.models if (m, a) in self.sources and (m, b) in self.sources]
 
 
 def load_run(params, *, split: str = "val") -> RunPredictions:

@@ -134,6 +134,11 @@ def test_load_run_lists_missing_stages_and_falls_back_for_compare(tmp_path):
     assert run.final() == [("ensemble", "ensemble"), ("uni", "pi2"), ("sf", "pi2")]
     assert run.pick_compare(["adapt_bn", "pi4"]) == ("adapt_bn", "pi2")
     assert run.pick_compare(["adapt_bn", "pi2"]) == ("adapt_bn", "pi2")
+    assert run.pick_compare(["pi2", "pi4"]) == ("adapt_bn", "pi2")  # never a stage against itself
+    assert run.pick_compare(["pi2", "adapt_bn"]) == ("pi2", "adapt_bn")  # as asked when both exist
+    assert run.comparisons(["adapt_bn", "pi4"]) == [("uni", "adapt_bn", "pi2"), ("sf", "adapt_bn", "pi2")]
+    del run.sources["uni", "pi2"], run.sources["sf", "pi2"]
+    assert run.pick_compare(["adapt_bn", "pi4"]) is None and run.comparisons(["adapt_bn", "pi4"]) == []
     summary = run.summary()
     assert summary[summary.status == "missing"].shape[0] == 4
     ok = summary[(summary.model == "uni") & (summary.stage == "adapt_bn")].iloc[0]
@@ -189,3 +194,25 @@ def test_notebook_runs_under_papermill_on_a_fixture_run(tmp_path):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 3 + 2  # ensemble + 2 models, then one comparison per model
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+@pytest.mark.slow
+def test_notebook_runs_on_a_run_that_stopped_after_adapt_bn(tmp_path):
+    import papermill as pm
+
+    from kit.layout import RunLayout
+
+    fx = build_fixture_run(tmp_path)
+    layout = RunLayout(fx.out_dir)
+    for model, stage in [("uni", "pi2"), ("sf", "pi2"), ("ensemble", "ensemble")]:
+        layout.predictions(model, stage, "val").unlink()
+    out = tmp_path / "50_confusion.ipynb"
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "50_confusion.ipynb"), str(out), cwd=str(ROOT), kernel_name="python3",
+        parameters={"params_file": str(fx.params_file)}, progress_bar=False,
+    )
+    outputs = [o for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    text = "\n".join("".join(o.get("text", "")) for o in outputs)
+    assert "nothing to compare" in text and "ensemble@ensemble" in text  # says what is missing
+    assert "per-class report of uni@adapt_bn" in text  # the first model leads without an ensemble
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) == 2  # one figure per model
