@@ -73,11 +73,9 @@ def collect(params: Params, layout: RunLayout, steps=()) -> dict:
     if val_ens.exists():
         from kit import predictions
 
-        p = predictions.load(val_ens)
-        keep = p.labels >= 0
-        k = p.num_classes
-        cm = np.zeros((k, k), dtype=int)
-        np.add.at(cm, (p.labels[keep], p.predicted()[keep]), 1)
+        from kit.confusion import confusion_of
+
+        cm = confusion_of(predictions.load(val_ens))
         confusion = {"split": "val", "model": ENSEMBLE, "matrix": cm.tolist()}
     return {
         "run": params.run,
