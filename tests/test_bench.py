@@ -1,0 +1,119 @@
+"""The benchmark suite: every section in one table with ideals and targets; a demo run's records read back.
+
+Timings are never asserted (the machine is shared); what is asserted is the table's content: its
+sections, the target verdicts of recorded numbers, and the stage times read from done-markers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from kit.config import load_params, save_params
+from kit.pipeline import plan
+
+ROOT = Path(__file__).resolve().parent.parent
+# bench/ is run from the repo root (python -m bench), not installed like kit
+sys.path.insert(0, str(ROOT))
+
+from bench import pipeline  # noqa: E402
+from bench.__main__ import SECTIONS, Line, demo_run_lines, main  # noqa: E402
+
+
+def fake_demo_run(run_dir: Path, *, seconds: float, rss_mib: float | None, skip: int = 0) -> list[str]:
+    """A run folder with the demo's params.yaml and a done-marker per planned step (the last ``skip`` left out)."""
+    params = load_params(ROOT / "params/demo.yaml", [])
+    save_params(params, run_dir / "params.yaml")
+    names = [s.name for s in plan(params)]
+    (run_dir / "notebooks").mkdir(parents=True)
+    for name in names[: len(names) - skip]:
+        marker = {"hash": "x", "seconds": seconds, "finished": 0.0}
+        if rss_mib is not None:
+            marker["peak_rss_MiB"] = rss_mib
+        (run_dir / "notebooks" / f"{name}.done.json").write_text(json.dumps(marker))
+    return names
+
+
+def test_line_verdicts():
+    assert Line("s", "m", 0.9, "x", "1.0 ideal", (">=", 0.8)).result == "met"
+    assert Line("s", "m", 0.7, "x", "1.0 ideal", (">=", 0.8)).result == "missed"
+    assert Line("s", "m", 1.2, "x", "1.0 ideal", ("<=", 1.1)).result == "missed"
+    assert Line("s", "m", None, "x", "1.0 ideal", ("<=", 1.1)).result == "not measured"
+    assert Line("s", "m", 3.0, "clips/s", "higher is better").result == ""
+    assert Line("s", "m", 1.0, "x", "1.0 ideal", ("<=", 1.1)).ideal_text() == "1.0 ideal; target <= 1.1"
+
+
+def test_quick_suite_writes_every_section(tmp_path, capsys):
+    run_dir = tmp_path / "demo"
+    names = fake_demo_run(run_dir, seconds=50.0, rss_mib=1500.0)
+    out = tmp_path / "bench"
+
+    assert main(["--quick", "--demo-run", str(run_dir), "--out", str(out)]) == 0
+
+    (js,) = out.glob("*.json")
+    (md,) = out.glob("*.md")
+    assert js.stem == md.stem and len(js.stem) == len("2026-11-26_143249")
+    report = json.loads(js.read_text())
+    assert report["errors"] == {}
+    assert {d["section"] for d in report["lines"]} == set(SECTIONS)
+    for d in report["lines"]:
+        assert d["ideal_text"] and d["unit"]
+        assert d["result"] in (("met", "missed") if d["target"] else ("",))
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
+    assert report["command"] == f"python -m bench --quick --demo-run {run_dir} --out {out}"
+
+    by = {d["measured"]: d for d in report["lines"]}
+    total = by["make demo total (sum of stage wall times)"]
+    assert total["value"] == pytest.approx(50.0 * len(names))
+    assert total["result"] == ("met" if 50.0 * len(names) <= 600 else "missed")
+    assert by["make demo peak RAM (runner + largest notebook kernel)"]["value"] == pytest.approx(1500 * 2**20 / 1e9)
+    assert sum(m.startswith(f"{run_dir} stage ") for m in by) == len(names)
+    ratios = [d for d in report["lines"] if d["section"] == "loader" and d["unit"] == "x"]
+    assert {d["target"][1] for d in ratios} == {0.8, 0.6}  # eval and train loader targets
+    assert any("SDPA / plain" in m for m in by)
+
+    text = md.read_text()
+    printed = capsys.readouterr().out
+    assert text in printed
+    for needle in ("command: `python -m bench --quick", "machine:", "torch", "| ideal / target", "targets:"):
+        assert needle in text
+
+
+def test_demo_run_lines_without_a_run(tmp_path):
+    lines = demo_run_lines(tmp_path / "nothing")
+    assert [ln.result for ln in lines] == ["not measured", "not measured"]
+    assert all("run make demo first" in ln.note for ln in lines)
+
+
+def test_demo_run_lines_incomplete_and_slow_runs(tmp_path):
+    run_dir = tmp_path / "partial"
+    names = fake_demo_run(run_dir, seconds=400.0, rss_mib=None, skip=2)
+    record = pipeline.read_run(run_dir)
+    assert record.missing == names[-2:] and not record.complete
+    by = {ln.measured: ln for ln in demo_run_lines(run_dir)}
+    total = by["make demo total (sum of stage wall times)"]
+    assert total.result == "not measured" and names[-1] in total.note
+    ram = by["make demo peak RAM (runner + largest notebook kernel)"]
+    assert ram.value is None and "rerun make demo" in ram.note
+
+    slow = tmp_path / "slow"
+    fake_demo_run(slow, seconds=400.0, rss_mib=5000.0)
+    by = {ln.measured: ln for ln in demo_run_lines(slow)}
+    assert by["make demo total (sum of stage wall times)"].result == "missed"
+    assert by["make demo peak RAM (runner + largest notebook kernel)"].result == "missed"
+
+
+def test_read_run_names_a_bad_marker(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "00_data.done.json").write_text('{"hash": "x"}')
+    with pytest.raises(ValueError, match="00_data.done.json"):
+        pipeline.read_run(tmp_path)
+
+
+def test_only_rejects_an_unknown_section(capsys):
+    with pytest.raises(SystemExit):
+        main(["--only", "loader,speed"])
+    assert "speed" in capsys.readouterr().err
