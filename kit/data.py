@@ -327,7 +327,8 @@ def build_dataset(
     """A :class:`VideoDataset` for ``split`` built from ``params`` (:class:`kit.config.Params`).
 
     ``split``: ``"labeled"``, ``"unlabeled"``, ``"val"``, ``"test"`` (list names from
-    ``params.data``) or a path to a list. ``train=True``: random sampling and
+    ``params.data``) or a path to a list (e.g. a pseudo-label list in the run's outputs); the
+    clip paths in any list are relative to ``params.data.root``. ``train=True``: random sampling and
     :class:`~kit.transforms.TrainPreset`; otherwise :class:`~kit.transforms.EvalPreset` with
     ``views`` x ``crops``. ``gamma``: when not given, None (off) for training and
     ``params.eval.gamma`` for evaluation; pass it explicitly for Adapt BN and pseudo-labelling.
