@@ -3,9 +3,10 @@
 Run ``python bench/pipeline.py [RUN_DIR]`` (default ``outputs/demo``, written by ``make demo``).
 
 - ``papermill_overhead``: executes a trivial parameterized notebook (one parameters cell, one
-  cell of arithmetic) with papermill on the ``nightkit`` kernel (``python3`` when it is not
-  registered), ``repeats`` times; each time is kernel start, parameter injection, execution and
-  writing the output notebook: what every step of the pipeline pays before its own work.
+  cell of arithmetic, optionally the pipeline notebooks' imports) with papermill on the
+  ``nightkit`` kernel (``python3`` when it is not registered), ``repeats`` times; each time is
+  kernel start, parameter injection, execution, writing the output notebook and its HTML
+  rendering: what every step of the pipeline pays besides its own work.
 - ``read_run``: the run's own records, nothing re-executed: the ``seconds`` and ``peak_rss_MiB``
   of each done-marker ``notebooks/<step>.done.json`` (written by :mod:`kit.pipeline`), in the
   order of the run's plan, and whether every planned step finished.
@@ -46,9 +47,11 @@ def _trivial_notebook(path: Path, setup: str) -> Path:
     return path
 
 
-def papermill_overhead(*, repeats: int = 3, kernel: str | None = None, setup: str = "") -> dict:
-    """Seconds to execute a trivial notebook with papermill, ``repeats`` times.
+def papermill_overhead(*, repeats: int = 3, kernel: str | None = None, setup: str = "", render: bool = True) -> dict:
+    """Seconds to execute a trivial notebook with papermill (and render it to HTML), ``repeats`` times.
 
+    ``render``: include :func:`kit.pipeline.render_html` of the executed notebook, as each
+    pipeline step does after papermill.
     ``setup``: code run first in the notebook's second cell (e.g. :data:`NOTEBOOK_IMPORTS`, to
     count what every pipeline notebook imports before its own work).
     Returns ``{kernel, repeats, seconds: [..], median_s}``; ``kernel`` None picks the one
@@ -56,7 +59,7 @@ def papermill_overhead(*, repeats: int = 3, kernel: str | None = None, setup: st
     """
     import papermill as pm
 
-    from kit.pipeline import kernel_name
+    from kit.pipeline import kernel_name, render_html
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -71,8 +74,13 @@ def papermill_overhead(*, repeats: int = 3, kernel: str | None = None, setup: st
                 str(src), str(out), parameters={"x": i}, kernel_name=kernel,
                 progress_bar=False, log_output=False, cwd=str(ROOT),
             )
+            if render:
+                render_html(out)
             times.append(time.perf_counter() - t0)
-    return {"kernel": kernel, "repeats": repeats, "seconds": times, "median_s": statistics.median(times)}
+    return {
+        "kernel": kernel, "repeats": repeats, "render": render, "seconds": times,
+        "median_s": statistics.median(times),
+    }
 
 
 @dataclass

@@ -78,7 +78,7 @@ def test_quick_suite_writes_every_section(tmp_path, capsys):
     text = md.read_text()
     printed = capsys.readouterr().out
     assert text in printed
-    for needle in ("command: `python -m bench --quick", "machine:", "torch", "| ideal / target", "targets:"):
+    for needle in ("command: `python -m bench --quick", "machine:", "torch", "load average", "| ideal / target", "targets:"):
         assert needle in text
 
 
@@ -98,6 +98,11 @@ def test_demo_run_lines_incomplete_and_slow_runs(tmp_path):
     assert total.result == "not measured" and names[-1] in total.note
     ram = by["make demo peak RAM (runner + largest notebook kernel)"]
     assert ram.value is None and "rerun make demo" in ram.note
+
+    measured = tmp_path / "partial_rss"
+    fake_demo_run(measured, seconds=1.0, rss_mib=900.0, skip=1)
+    ram = {ln.measured: ln for ln in demo_run_lines(measured)}["make demo peak RAM (runner + largest notebook kernel)"]
+    assert ram.result == "not measured" and "900 MiB" in ram.note and names[-1] in ram.note
 
     slow = tmp_path / "slow"
     fake_demo_run(slow, seconds=400.0, rss_mib=5000.0)
