@@ -3,7 +3,10 @@
 ::
 
     python -m bench [--device cpu|cuda] [--quick] [--demo-run outputs/demo]
-                    [--only loader,models,adapt_bn,pipeline] [--out outputs/bench]
+                    [--only loader,models,adapt_bn,pipeline] [--out outputs/bench] [--threads N]
+
+The device defaults to CUDA when one is present (full-size models, bf16, 32 x 224), else the CPU
+(tiny models). The header of the table names the machine, its load, torch and its threads.
 
 Sections (each line: what was measured, value, unit, the ideal and the target, met or missed):
 
@@ -258,7 +261,11 @@ def demo_run_lines(demo_run: Path) -> list[Line]:
         Line("pipeline", f"{demo_run} stage {s['step']}", s["seconds"], "s", "lower is better")
         for s in record.steps
     ]
-    missing = f"incomplete run: no done-marker for {', '.join(record.missing)}" if record.missing else ""
+    missing = ""
+    if record.missing:
+        shown = ", ".join(record.missing[-3:])
+        missing = (f"incomplete run: {len(record.missing)} of {len(record.missing) + len(record.steps)} planned "
+                   f"steps have no done-marker ({'... ' if len(record.missing) > 3 else ''}{shown})")
     lines.append(Line(
         "pipeline", "make demo total (sum of stage wall times)", record.total_s if record.complete else None, "s",
         "lower is better", ("<=", 600.0),
@@ -441,7 +448,7 @@ def _run_sections(*, device: str, quick: bool, demo_run, only, out_dir, command:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when present, else cpu)")
     ap.add_argument("--quick", action="store_true", help="tiny inputs (tests): shows the suite runs, not speed")
     ap.add_argument("--demo-run", default="outputs/demo", help="finished run whose timings are read")
     ap.add_argument("--only", type=_sections, default=list(SECTIONS), help=f"comma-separated of {','.join(SECTIONS)}")
@@ -450,8 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = "python -m bench" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     report = run_suite(
-        device=args.device, quick=args.quick, demo_run=args.demo_run, only=args.only, out_dir=args.out,
+        device=device, quick=args.quick, demo_run=args.demo_run, only=args.only, out_dir=args.out,
         command=command, threads=args.threads,
     )
     print(render(report))
