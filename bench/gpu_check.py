@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     params = load_params(
         "params/arid_uniformer_b32_k600.yaml",
         [
-            f"data.root={root}", "data.num_workers=%d" % args.workers, f"train.batch_size={args.batch}",
-            f"train.epochs={args.epochs}", "train.warmup_epochs=0", "models=[{name: %s, key: m}]" % args.model,
+            f"data.root={root}", f"data.num_workers={args.workers}", f"train.batch_size={args.batch}",
+            f"train.epochs={args.epochs}", "train.warmup_epochs=0", "models=[{name: " + args.model + ", key: m}]",
             "adapt_bn.num_batches=200", f"eval.batch_size={args.batch}", f"data.frames={args.frames}",
             "train.adapt_bn_every_epoch=false",
             f"data.crop={args.size}", f"train.amp={str(cuda).lower()}",

@@ -76,7 +76,7 @@ class Predictions:
             raise PredictionsMismatch(
                 f"{self.meta.get('file', 'predictions')} has {len(self.paths)} clips but {source} has {len(paths)}"
             )
-        for i, (a, b) in enumerate(zip(self.paths, paths)):
+        for i, (a, b) in enumerate(zip(self.paths, paths, strict=True)):
             if a != b:
                 raise PredictionsMismatch(
                     f"{self.meta.get('file', 'predictions')} row {i} is {a!r} but {source} has {b!r}"

@@ -72,7 +72,6 @@ def collect(params: Params, layout: RunLayout, steps=()) -> dict:
     val_ens = layout.predictions(ENSEMBLE, ENSEMBLE, "val")
     if val_ens.exists():
         from kit import predictions
-
         from kit.confusion import confusion_of
 
         cm = confusion_of(predictions.load(val_ens))

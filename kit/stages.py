@@ -169,7 +169,7 @@ def _metrics(preds) -> dict:
     keep = preds.labels >= 0
     y, s = preds.labels[keep], preds.scores[keep]
     top1 = float((s.argmax(1) == y).mean())
-    top5 = float(np.mean([yi in np.argsort(-si)[:5] for yi, si in zip(y, s)]))
+    top5 = float(np.mean([yi in np.argsort(-si)[:5] for yi, si in zip(y, s, strict=True)]))
     recalls = [float((s[y == c].argmax(1) == c).mean()) for c in np.unique(y)]
     return {"top1": top1, "top5": top5, "mean_class_acc": float(np.mean(recalls)), "n": int(keep.sum())}
 
@@ -414,7 +414,7 @@ def run_ensemble(params: Params) -> dict:
                 fused, layout.root / "submission.csv", video=cfg.submission_video, ids=cfg.submission_ids
             )
             results["submission"] = str(path)
-    results["weights"] = dict(zip(labels, map(float, fit.weights if fit else weights)))
+    results["weights"] = dict(zip(labels, map(float, fit.weights if fit else weights), strict=True))
     write_results(params, ENSEMBLE, ENSEMBLE, results)
     return results
 

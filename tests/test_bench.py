@@ -7,20 +7,16 @@ sections, the target verdicts of recorded numbers, and the stage times read from
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench import pipeline  # bench/ is importable through pytest's pythonpath (pyproject.toml)
+from bench.__main__ import SECTIONS, Line, demo_run_lines, main
 from kit.config import load_params, save_params
 from kit.pipeline import plan
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/ is run from the repo root (python -m bench), not installed like kit
-sys.path.insert(0, str(ROOT))
-
-from bench import pipeline  # noqa: E402
-from bench.__main__ import SECTIONS, Line, demo_run_lines, main  # noqa: E402
 
 
 def fake_demo_run(run_dir: Path, *, seconds: float, rss_mib: float | None, skip: int = 0) -> list[str]:
