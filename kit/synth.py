@@ -65,7 +65,7 @@ class SynthSettings:
     frames: int = 48  # frames per clip
     fps: int = 25
     dark_brightness: float = 0.05  # target mean of dark clips, 0..1 (ARID: about 0.05)
-    photons: float = 100.0  # photons at full scale: shot noise of dark clips
+    photons: float = 100.0  # photons a pixel of mean dark brightness collects: shot noise
     read_noise: tuple[float, float] = (0.02, 0.04)  # range of the read-noise sigma of dark clips
     bright_noise: float = 0.01  # sensor noise sigma of normal-light clips
     crf_bright: int = 18
@@ -205,15 +205,16 @@ def to_bright(video: np.ndarray, rng: np.random.Generator, settings: SynthSettin
 def to_dark(video: np.ndarray, rng: np.random.Generator, settings: SynthSettings) -> np.ndarray:
     """Dark capture: low exposure, colour cast, shot and read noise; uint8 ``(T, H, W, 3)``.
 
-    Shot noise uses the Gaussian approximation (variance = signal / photons), much cheaper
-    than Poisson draws and close to them at the few photons a dark pixel gets.
+    Shot noise uses the Gaussian approximation (variance = signal / photons at full scale),
+    much cheaper than Poisson draws and close to them at ~100 photons.
     """
     target = settings.dark_brightness * rng.uniform(0.7, 1.3)
     # reddish cast like ARID's channel means (0.051, 0.045, 0.044), varied per clip
     cast = np.array([1.12, 0.98, 0.92]) * np.exp(rng.normal(0, 0.1, size=3))
     x = video * (cast * target / max(float(video.mean()), 1e-3)).astype(np.float32)
     read = np.float32(rng.uniform(*settings.read_noise))
-    sigma = np.sqrt(x / np.float32(settings.photons) + read * read)
+    full_scale = np.float32(settings.photons / settings.dark_brightness)  # photons at brightness 1
+    sigma = np.sqrt(x / full_scale + read * read)
     x += sigma * rng.standard_normal(size=video.shape, dtype=np.float32)
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -353,8 +354,8 @@ def _readme(settings: SynthSettings, names: list[str]) -> str:
         f"test.csv       dark, {c['test']} per class, labels hidden (-1)",
         "hidden_labels.csv  true labels of unlabeled.csv and test.csv (for pseudo-label accuracy)",
         "",
-        f"Dark clips: mean brightness about {settings.dark_brightness} of full scale, shot noise at "
-        f"{settings.photons:g} photons full scale, read noise sigma {settings.read_noise[0]}-{settings.read_noise[1]}, "
+        f"Dark clips: mean brightness about {settings.dark_brightness} of full scale, shot noise of "
+        f"{settings.photons:g} photons at that brightness, read noise sigma {settings.read_noise[0]}-{settings.read_noise[1]}, "
         f"reddish colour cast, H.264 crf {settings.crf_dark}.",
     ]
     return "\n".join(lines) + "\n"
