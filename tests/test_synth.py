@@ -6,7 +6,7 @@ import pytest
 
 from kit import synth
 from kit.data import check_data, read_classes, read_list
-from kit.video import read_frames
+from kit.video import num_frames, read_frames
 
 SMALL = dict(
     clips_per_class=2,
@@ -88,9 +88,22 @@ def test_clip_frames_are_a_pure_function():
     assert not np.array_equal(a, other)
 
 
+def _assert_same_clips(a, b):
+    # the encoder's input is bit-exact (test above); libx264 output can differ in a few bytes when
+    # float rounding of the colour conversion differs between processes, so compare decoded frames
+    assert set(_digest(a)) == set(_digest(b))
+    for rel in _digest(a):
+        fa = read_frames(a / rel, range(num_frames(a / rel))).astype(np.float32)
+        fb = read_frames(b / rel, range(num_frames(b / rel))).astype(np.float32)
+        assert fa.shape == fb.shape, rel
+        assert np.abs(fa - fb).mean() < 0.5, rel
+    for name in ("labeled.csv", "unlabeled.csv", "val.csv", "test.csv", "hidden_labels.csv"):
+        assert (a / name).read_text() == (b / name).read_text()
+
+
 def test_same_seed_same_clips_other_seed_differs(synth_dir, tmp_path):
     again = synth.generate(tmp_path / "b", seed=0, **SMALL)
-    assert _digest(again) == _digest(synth_dir)  # same bytes
+    _assert_same_clips(again, synth_dir)
     none = {"pool_per_class": 0, "test_per_class": 0, "val_per_class": 0}
     other = _digest(synth.generate(tmp_path / "c", seed=1, **{**SMALL, **none}))
     first = _digest(synth_dir)
@@ -99,7 +112,7 @@ def test_same_seed_same_clips_other_seed_differs(synth_dir, tmp_path):
 
 def test_parallel_workers_write_the_same_clips(synth_dir, tmp_path):
     par = synth.generate(tmp_path / "p", seed=0, **{**SMALL, "workers": 2})
-    assert _digest(par) == _digest(synth_dir)
+    _assert_same_clips(par, synth_dir)
 
 
 def test_motion_tells_rise_from_fall():
