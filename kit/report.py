@@ -100,22 +100,29 @@ def collect(params: Params, layout: RunLayout, steps=()) -> dict:
 
 
 def ablation_text(summary: dict) -> str:
-    """The ablation table in the paper's shape, as plain text (top-1 on the evaluation split, %)."""
+    """The ablation table in the paper's shape, as plain text: top-1 % per model and stage, one
+    block per labelled list (val: held-out labelled dark clips; test: where its labels are known)."""
     rows = summary["ablation"]
     if not rows:
         return "(no results yet)"
     stages = list(dict.fromkeys(r["stage"] for r in rows if r["model"] != ENSEMBLE))
     models = list(dict.fromkeys(r["model"] for r in rows))
-    table = {(r["model"], r["stage"]): r.get("top1") for r in rows}
     width = max(12, *(len(m) + 2 for m in models))
-    lines = [
-        f"top-1 % on {summary['eval_split']} ({summary['protocol']} protocol)",
-        "model".ljust(width) + "".join(s.rjust(11) for s in stages + [ENSEMBLE]),
-    ]
-    for m in models:
-        cells = [table.get((m, s)) for s in stages + [ENSEMBLE]]
-        lines.append(m.ljust(width) + "".join(f"{100 * v:11.1f}" if v is not None else "          -" for v in cells))
-    return "\n".join(lines)
+    blocks = []
+    for split in ("val", "test"):
+        table = {(r["model"], r["stage"]): r.get(f"top1_{split}") for r in rows}
+        if all(v is None for v in table.values()):
+            continue
+        note = " (ensemble weights fitted here)" if split == "val" else ""
+        lines = [
+            f"top-1 % on {split}{note}, {summary['protocol']} protocol",
+            "model".ljust(width) + "".join(s.rjust(11) for s in stages + [ENSEMBLE]),
+        ]
+        for m in models:
+            cells = [table.get((m, s)) for s in stages + [ENSEMBLE]]
+            lines.append(m.ljust(width) + "".join(f"{100 * v:11.1f}" if v is not None else "          -" for v in cells))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def _df_html(rows, percent=("top1", "top1_val", "top1_test", "accuracy", "pseudo_accuracy")) -> str:
