@@ -50,6 +50,9 @@ def test_micro_pipeline_runs_every_notebook_and_reruns_nothing(tmp_path):
     assert "Ablation" in report and "data:image/png;base64" in report
     assert (run / "submission.csv").read_text().startswith("VideoID,Video,ClassID,Probability")
     assert (run / "pseudo" / "r1" / "pseudo.csv").exists()
+    # round 1 continued from the Adapt BN model's weights (optimizer and schedule restart)
+    pi1 = json.loads((run / "models" / "uniformer" / "pi1" / "results.json").read_text())
+    assert pi1["init_from"].endswith("models/uniformer/adapt_bn/final.pth")
 
     markers = {p.name: p.stat().st_mtime_ns for p in (run / "notebooks").glob("*.done.json")}
     out = io.StringIO()
