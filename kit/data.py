@@ -541,9 +541,6 @@ def check_data(data_dir, *, lists=None, max_clips: int = 20, frames_per_clip: in
     return report
 
 
-check_report = check_data  # the name the data notebook reads best with
-
-
 def sample_clips(data_dir, lists, *, per_list: int = 2, seed: int = 0) -> list[str]:
     """``per_list`` clip paths drawn at random (seeded) from each list, in list order."""
     rng = np.random.default_rng(seed)

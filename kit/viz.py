@@ -76,14 +76,3 @@ def training_curves(path, *, title: str = ""):
     fig.tight_layout()
     return fig
 
-
-def sample_clips(root, lists, *, per_list: int = 2, seed: int = 0) -> list[str]:
-    """``per_list`` clips drawn (seeded) from each list of a data directory, as listed paths."""
-    from kit.data import read_list, resolve_list
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for name in lists:
-        paths = read_list(resolve_list(root, name), None).paths
-        out += [paths[i] for i in sorted(rng.choice(len(paths), size=min(per_list, len(paths)), replace=False))]
-    return out
