@@ -157,6 +157,29 @@ def _confusion_png(summary: dict, class_names: list[str]) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _ensemble_html(ens: dict | None) -> str:
+    if not ens:
+        return "<p><em>not run</em></p>"
+    weights = ", ".join(f"{m} {w:.3f}" for m, w in ens.get("weights", {}).items())
+    fit = ens.get("fit") or {}
+    how = (
+        f"fitted on val ({fit.get('objective')}){', fell back to equal weights' if fit.get('fell_back_to_equal') else ''}"
+        if fit.get("fitted") else "given"
+    )
+    rows = [
+        {"model": r["model"], "weight": r.get("weight"), "accuracy": r.get("accuracy"), "nll": r.get("nll")}
+        for r in ens.get("baselines", [])
+    ]
+    for r in rows:
+        r["weight"] = "" if r["weight"] is None or r["weight"] != r["weight"] else f"{r['weight']:.3f}"
+        r["nll"] = f"{r['nll']:.3f}" if r["nll"] is not None else ""
+    return (
+        f"<p>Models at stage <b>{html.escape(str(ens.get('stage')))}</b>; weights {html.escape(how)}: "
+        f"{html.escape(weights)}. On val, each model alone, equal weights and the fitted ensemble:</p>"
+        + _df_html(rows)
+    )
+
+
 def write(params: Params, layout: RunLayout, steps=()) -> dict:
     """Write ``summary.json`` and ``report.html`` for a run; return the summary."""
     from kit import data
@@ -180,12 +203,13 @@ table.table{{border-collapse:collapse;margin:.5em 0 1.5em}} .table td,.table th{
 pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:85%}} h2{{margin-top:1.8em}}</style></head><body>
 <h1>nightkit run <code>{html.escape(params.run)}</code></h1>
 <p>Protocol: <b>{html.escape(summary['protocol'])}</b>{' (val clips are never adapted on nor pseudo-labelled)' if summary['protocol'] == 'clean' else ' (evaluation clips may join the pseudo-label pool, as in the challenge)'}.
-Accuracies are top-1 % on the <b>{summary['eval_split']}</b> list.</p>
+Accuracies are top-1 % on the labelled dark lists: <b>val</b> (held out from adaptation; it also chooses
+each model's best epoch and fits the ensemble weights) and <b>test</b> where its labels are known.</p>
 <h2>Stages</h2><ol>{links}</ol>
 <h2>Ablation</h2><pre>{html.escape(ablation_text(summary))}</pre>{_df_html(summary['ablation'])}
-<h2>Test-time augmentation (after Adapt BN, val)</h2>{_df_html(summary['tta'])}
+<h2>Test-time augmentation (after Adapt BN, val)</h2>{_df_html([{**t, "gamma": "off" if t["gamma"] is None else t["gamma"]} for t in summary['tta']])}
 <h2>Pseudo labels per round</h2>{_df_html(summary['pseudo'])}
-<h2>Ensemble</h2><pre>{html.escape(json.dumps(summary['ensemble'], indent=1, default=float)[:4000]) if summary['ensemble'] else 'not run'}</pre>
+<h2>Ensemble</h2>{_ensemble_html(summary['ensemble'])}
 <h2>Confusion matrix</h2>{f'<img alt="confusion matrix" src="data:image/png;base64,{png}">' if png else '<p><em>no ensemble predictions on val</em></p>'}
 <p>Details, most-confused pairs and misclassified clips: the confusion stage's report above.</p>
 <h2>Timings</h2>{_df_html(summary['timings'])}
