@@ -132,3 +132,13 @@ def test_tta_combinations_view_major():
     assert list(tta_combinations(views=1, crops=1)) == [(0, 0, 0)]
     with pytest.raises(ValueError):
         list(tta_combinations(views=0, crops=1))
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 6, 3), (1, 1, 1, 3), (3, 5, 7, 1)])
+def test_fast_gamma_equals_the_8_bit_table(shape):
+    # the 16-bit table must give exactly the 8-bit lookup, for even and odd byte counts
+    frames = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    expected = gamma_lut(0.25)[frames]
+    assert np.array_equal(apply_gamma(frames, 0.25), expected)
+    assert np.array_equal(apply_gamma(torch.from_numpy(frames), 0.25).numpy(), expected)
+    assert np.array_equal(apply_gamma(frames[:, ::2], 0.25), gamma_lut(0.25)[frames[:, ::2]])  # a strided view
