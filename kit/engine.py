@@ -462,7 +462,8 @@ def _num_classes_of(model: nn.Module) -> int:
 # ---------------------------------------------------------------- checkpoints
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
+def atomic_save(obj: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -688,9 +689,9 @@ def fit(
                     "rng": rng,
                     "bad_videos": bad,
                 }
-                _atomic_save(ckpt, ckpt_path)
+                atomic_save(ckpt, ckpt_path)
                 if better:
-                    _atomic_save(ckpt, best_path)
+                    atomic_save(ckpt, best_path)
         if D.is_main():
             log.info("%s", _epoch_line(row, params))
 

@@ -112,12 +112,12 @@ def load_weights(model, path) -> None:
 
 def save_weights(model, path) -> Path:
     """Write ``{"model": state_dict}`` atomically (rank 0 only)."""
+    from kit.engine import atomic_save
+
     path = Path(path)
     if dist.is_main():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"model": dist.unwrap(model).state_dict()}, tmp)
-        os.replace(tmp, path)
+        atomic_save({"model": dist.unwrap(model).state_dict()}, path)
     dist.barrier()
     return path
 
@@ -135,10 +135,16 @@ def _loader(params: Params, split: str, *, train: bool, gamma, views=1, crops=1,
     )
 
 
-def eval_splits(params: Params) -> list[str]:
-    """Lists that every stage predicts: val and test (when configured) and the unlabelled pool."""
+def eval_splits(params: Params, *, pool: bool = False) -> list[str]:
+    """Lists a stage predicts: val and test (when configured), and the unlabelled pool with ``pool``."""
     splits = [s for s, f in (("val", params.data.val), ("test", params.data.test)) if f]
-    return splits + ["unlabeled"]
+    return splits + (["unlabeled"] if pool else [])
+
+
+def feeds_a_round(params: Params, stage: str) -> bool:
+    """Whether the next pseudo-label round selects from this stage's pool predictions."""
+    following = {"adapt_bn": 1, **{stage_name("pseudo", r): r + 1 for r in range(1, params.pseudo.rounds)}}
+    return following.get(stage, params.pseudo.rounds + 1) <= params.pseudo.rounds
 
 
 def _labelled(preds) -> bool:
@@ -151,7 +157,8 @@ def evaluate_and_predict(params: Params, model, label: str, stage: str, device) 
 
     layout = RunLayout(params.out_dir)
     results = {}
-    for split in eval_splits(params):
+    # the pool is predicted only where a later round selects from it
+    for split in eval_splits(params, pool=feeds_a_round(params, stage)):
         views, crops, gamma = params.eval.views, params.eval.crops, params.eval.gamma
         if split == "unlabeled":  # the pool is predicted as pseudo-labelling wants it
             views, crops, gamma = params.pseudo.views, params.pseudo.crops, params.pseudo.gamma
@@ -186,12 +193,11 @@ def _with_hidden_test_labels(params: Params, preds):
 
 
 def _metrics(preds) -> dict:
-    keep = preds.labels >= 0
-    y, s = preds.labels[keep], preds.scores[keep]
-    top1 = float((s.argmax(1) == y).mean())
-    top5 = float(np.mean([yi in np.argsort(-si)[:5] for yi, si in zip(y, s, strict=True)]))
-    recalls = [float((s[y == c].argmax(1) == c).mean()) for c in np.unique(y)]
-    return {"top1": top1, "top5": top5, "mean_class_acc": float(np.mean(recalls)), "n": int(keep.sum())}
+    """top-1, top-5, mean class accuracy and count of the labelled clips (JSON-ready)."""
+    from kit.engine import classification_metrics
+
+    m = classification_metrics(preds.scores, preds.labels, num_classes=preds.num_classes)
+    return {k: m[k] for k in ("top1", "top5", "mean_class_acc", "n")}
 
 
 def write_results(params: Params, label: str, stage: str, results: dict) -> Path:
@@ -207,7 +213,8 @@ def read_results(params: Params, label: str, stage: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _previous_stage(round: int) -> str:
+def previous_stage(round: int) -> str:
+    """The stage pseudo-label round ``round`` starts from: Adapt BN for round 1, else round - 1."""
     return "adapt_bn" if round == 1 else stage_name("pseudo", round - 1)
 
 
@@ -315,7 +322,7 @@ def select_pseudo(params: Params, round: int) -> dict:
     report_path = out / "selection.json"
     if report_path.exists():
         return json.loads(report_path.read_text())
-    prev = _previous_stage(round)
+    prev = previous_stage(round)
     labels = [m.label for m in params.models]
 
     def fused(split):
@@ -366,7 +373,7 @@ def pseudo_round(params: Params, label: str, round: int) -> dict:
     selection = select_pseudo(params, round)
     recipe = params.train_for(label, pseudo=True)
     model = build_model(params, label, pseudo=True)
-    init_from = layout.model_dir(label, _previous_stage(round)) / "final.pth"
+    init_from = layout.model_dir(label, previous_stage(round)) / "final.pth"
     labelled = _loader(params, "labeled", train=True, gamma=None, batch_size=recipe.batch_size)
     # pseudo-labelled clips are dark: they are seen as evaluation sees them, through gamma
     pseudo_loader = _loader(
