@@ -60,23 +60,27 @@ def ensure_data(params: Params) -> Path:
     from kit import data
 
     root = Path(params.data.root)
-    if not (root / "classes.txt").exists():
-        if not params.data.synthetic:
-            raise FileNotFoundError(
-                f"data.root {root} has no classes.txt: point data.root at a data directory "
-                "(see README, 'Real data') or set data.synthetic: true"
-            )
-        if dist.is_main():
-            from kit import synth
+    missing = not (root / "classes.txt").exists()
+    if missing and not params.data.synthetic:
+        raise FileNotFoundError(
+            f"data.root {root} has no classes.txt: point data.root at a data directory "
+            "(see README, 'Real data') or set data.synthetic: true"
+        )
+    if params.data.synthetic:
+        from kit import synth
 
-            log.info("generating the synthetic dark data set in %s", root)
-            synth.generate(
-                root,
-                clips_per_class=params.data.synthetic_clips_per_class,
-                seed=params.data.synthetic_seed,
-                size=params.data.synthetic_size,
-                frames=params.data.synthetic_frames,
-            )
+        d = params.data
+        settings = dict(
+            clips_per_class=d.synthetic_clips_per_class, seed=d.synthetic_seed,
+            size=d.synthetic_size, frames=d.synthetic_frames,
+        )
+        why = None if missing else synth.stale(root, **settings)
+        if (missing or why) and dist.is_main():
+            if why:  # the kit's own generated set, written by another version or recipe
+                log.warning("regenerating the synthetic data set: %s", why)
+            else:
+                log.info("generating the synthetic dark data set in %s", root)
+            synth.regenerate(root, **settings)
         dist.barrier()
     data.read_classes(root)
     return root

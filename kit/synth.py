@@ -24,6 +24,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from kit.video import write_mp4
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 CLASSES = {
     "rise": "the object moves up",
@@ -94,7 +95,7 @@ def _ease(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _trajectory(name: str, t: np.ndarray, rng: np.random.Generator, size: int):
     """Object centre (x, y), scale and angle per frame, each ``(T,)``."""
     n = len(t)
-    s0 = rng.uniform(0.09, 0.16) * size
+    s0 = rng.uniform(0.14, 0.22) * size
     scale = np.full(n, s0)
     angle = np.full(n, rng.uniform(0, 2 * np.pi))
     drift = rng.uniform(-0.08, 0.08) * size * (t - 0.5)  # small sideways drift, symmetric in sign
@@ -106,19 +107,19 @@ def _trajectory(name: str, t: np.ndarray, rng: np.random.Generator, size: int):
         y0 = rng.uniform(0.5, 0.75) * size if name == "rise" else rng.uniform(0.25, 0.5) * size
         y = y0 - d * p if name == "rise" else y0 + d * p
     elif name in ("grow", "shrink"):
-        small, big = rng.uniform(0.06, 0.1) * size, rng.uniform(0.17, 0.24) * size
+        small, big = rng.uniform(0.08, 0.12) * size, rng.uniform(0.24, 0.32) * size
         scale = small + (big - small) * (p if name == "grow" else 1 - p)
     elif name == "sway":
         amp, cycles, ph = (
             rng.uniform(0.15, 0.25) * size,
-            rng.uniform(1.0, 2.0),
+            rng.uniform(1.0, 1.5),
             rng.uniform(0, 2 * np.pi),
         )
         x = 0.5 * size + rng.uniform(-0.05, 0.05) * size + amp * np.sin(2 * np.pi * cycles * t + ph)
     elif name == "bounce":
         amp, cycles, ph = (
             rng.uniform(0.2, 0.35) * size,
-            rng.uniform(1.0, 2.0),
+            rng.uniform(1.0, 1.5),
             rng.uniform(0, np.pi),
         )
         floor = rng.uniform(0.65, 0.78) * size
@@ -172,7 +173,7 @@ def render_clip(
         k = (rng.uniform(0.05, 0.35) * rng.choice([-1, 1], size=2)).astype(np.float32)
         ph = np.float32(rng.uniform(0, 2 * np.pi) + k[0] * vel[0] * t + k[1] * vel[1] * t)
         blend += np.sin(k[0] * xx + k[1] * yy + ph)
-    blend = (0.5 + 0.25 * blend)[..., None]
+    blend = (0.5 + 0.12 * blend)[..., None]
     grain = rng.normal(0, 0.04, size=(1, size, size, 1)).astype(np.float32)
     video = c1 + (c2 - c1) * blend + grain
 
@@ -337,6 +338,44 @@ def generate(
         json.dumps({**asdict(settings), "counts": settings.counts(), "classes": names}, indent=1)
     )
     (out / "README.txt").write_text(_readme(settings, names))
+    return out
+
+
+def stale(out_dir, **wanted) -> str | None:
+    """Why the synthetic set in ``out_dir`` differs from what ``generate(out_dir, **wanted)`` writes, or None.
+
+    Compares the generator version and the settings given in ``wanted`` with ``synth.json``;
+    a folder without ``synth.json`` was not written by this generator and is never called stale.
+    """
+    path = Path(out_dir) / "synth.json"
+    if not path.exists():
+        return None
+    written = json.loads(path.read_text())
+    if written.get("version") != GENERATOR_VERSION:
+        return f"{path} was written by generator version {written.get('version')}, this is version {GENERATOR_VERSION}"
+    diffs = [f"{k}: {written.get(k)!r} != {v!r}" for k, v in wanted.items() if written.get(k) != v]
+    return f"{path} has other settings ({'; '.join(diffs)})" if diffs else None
+
+
+def regenerate(out_dir, **kwargs) -> Path:
+    """(Re)write the set in ``out_dir``.
+
+    A set this generator wrote (``synth.json``) is replaced whole: the new one is written beside
+    it and swapped in, so an interrupted run leaves the old set intact. Any other folder is
+    written into as :func:`generate` does; nothing of it is removed.
+    """
+    out = Path(out_dir)
+    if not (out / "synth.json").exists():
+        return generate(out, **kwargs)
+    fresh = out.with_name(out.name + ".generating")
+    if fresh.exists():
+        shutil.rmtree(fresh)
+    generate(fresh, **kwargs)
+    old = out.with_name(out.name + ".replaced")
+    if out.exists():
+        out.rename(old)
+    fresh.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 

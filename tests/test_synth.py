@@ -153,3 +153,26 @@ def test_cli_writes_a_data_dir(tmp_path, capsys):
     assert read_classes(out) == list(synth.CLASSES)[:6]
     assert len(read_list(out / "labeled.csv", 6)) == 6
     assert "wrote" in capsys.readouterr().out
+
+
+def test_a_stale_set_is_found_and_replaced_whole(tmp_path):
+    out = synth.generate(tmp_path / "s", seed=0, **SMALL)
+    settings = dict(seed=0, **{k: v for k, v in SMALL.items() if k != "workers"})
+    assert synth.stale(out, **settings) is None
+    assert "seed: 0 != 1" in synth.stale(out, **{**settings, "seed": 1})
+    meta = json.loads((out / "synth.json").read_text())
+    (out / "synth.json").write_text(json.dumps({**meta, "version": 0}))
+    assert "generator version 0" in synth.stale(out, **settings)
+    (out / "stray.txt").write_text("x")
+    synth.regenerate(out, **settings)
+    assert synth.stale(out, **settings) is None and not (out / "stray.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    assert synth.stale(tmp_path / "nothing", **settings) is None
+
+
+def test_regenerate_never_removes_a_folder_it_did_not_write(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    synth.regenerate(mine, seed=0, **{k: v for k, v in SMALL.items() if k != "workers"})
+    assert (mine / "notes.txt").read_text() == "keep" and (mine / "classes.txt").exists()
