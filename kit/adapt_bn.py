@@ -90,12 +90,17 @@ def adapt_bn(
     net = D.unwrap(model)  # forward without DDP's gradient hooks and buffer broadcasts
     modes = {m: m.training for m in net.modules()}
     momenta = {bn: bn.momentum for bn in layers}
+    # the counters are set once at the end: BatchNorm would otherwise add 1 to each, in its own
+    # kernel call, for every layer and batch (num_batches_tracked=None skips that; momentum rules)
+    counters = {bn: bn.num_batches_tracked for bn in layers}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     start = time.perf_counter()
     batches = clips = 0
     try:
         net.eval()
         for bn in layers:
             bn.train()
+            bn.num_batches_tracked = None
         for batch in loader:
             if batches >= per_process:
                 break
@@ -104,16 +109,21 @@ def adapt_bn(
                 continue
             for bn in layers:
                 if batches == 0:
-                    bn.reset_running_stats()
+                    bn.running_mean.zero_()  # what reset_running_stats does, less the counter
+                    bn.running_var.fill_(1)
                 # running = (1 - 1/n) running + (1/n) batch: the equal-weight average of n batches.
                 # PyTorch's own momentum=None does the same but reads the count back from the GPU
                 # (a sync per layer and batch: 1.4-1.7x an inference pass on an H100)
                 bn.momentum = 1.0 / (batches + 1)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            with autocast:
                 net(video.to(device, non_blocking=True))
             batches += 1
             clips += video.shape[0]
     finally:
+        for bn, counter in counters.items():
+            bn.num_batches_tracked = counter
+            if batches:
+                counter.fill_(batches)
         for bn, momentum in momenta.items():
             bn.momentum = momentum
         for m, training in modes.items():

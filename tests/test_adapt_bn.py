@@ -146,3 +146,24 @@ def test_real_models_uniformer_adapts_with_drop_path_off_and_mvit_is_reported(ca
     with caplog.at_level(logging.WARNING, logger="kit.adapt_bn"):
         report = adapt_bn(mvit, data, device="cpu")
     assert report.warning == NO_BN_WARNING and "MViT" in report.warning
+
+
+def test_batch_counters_set_once_and_restored_when_the_loader_fails():
+    torch.manual_seed(0)
+    model = TinyCNN()
+    counters = [bn.num_batches_tracked for bn in bn_layers(model)]
+
+    def failing():
+        yield from batches(2)
+        raise RuntimeError("decoder died")
+
+    try:
+        adapt_bn(model, failing(), num_batches=5, device="cpu")
+    except RuntimeError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("the loader's error must propagate")
+    for bn, counter in zip(bn_layers(model), counters, strict=True):
+        assert bn.num_batches_tracked is counter and int(counter) == 2  # the same buffer, 2 batches used
+        assert bn.momentum == 0.1 and bn.training
+    assert sum(k.endswith("num_batches_tracked") for k in model.state_dict()) == 3  # still saved
