@@ -1,9 +1,9 @@
 """Clip transforms: gamma correction, train and eval presets, test-time augmentation (TTA).
 
 Presets take decoded frames, uint8 ``(T, H, W, 3)`` (numpy or torch), and return a normalised
-float32 clip ``(C, T, H, W)``. Resizing and cropping run on uint8 tensors for the whole clip at
-once; only RandAugment (timm's, which works on PIL images) goes frame by frame, replaying the
-same sampled operations on every frame so that a clip stays one consistent clip.
+float32 clip ``(C, T, H, W)``. Resizing, cropping and RandAugment run on uint8 tensors for the
+whole clip at once: RandAugment samples timm's ops once per clip and applies them to every frame
+(:mod:`kit.randaugment`), so that a clip stays one consistent clip.
 
 Example::
 
@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
@@ -45,21 +44,26 @@ def gamma_lut(gamma: float) -> np.ndarray:
     return lut
 
 
-@lru_cache(maxsize=32)
-def _gamma_lut16(gamma: float) -> np.ndarray:
+@lru_cache(maxsize=64)
+def _lut16(lut: bytes) -> np.ndarray:
     # the 8-bit table applied to both bytes of every 16-bit word: half the lookups, 4x faster
     pairs = np.arange(65536, dtype=np.uint16).view(np.uint8)
-    lut16 = np.take(gamma_lut(gamma), pairs).view(np.uint16)
+    lut16 = np.take(np.frombuffer(lut, dtype=np.uint8), pairs).view(np.uint16)
     lut16.setflags(write=False)
     return lut16
 
 
-def _take_gamma(frames: np.ndarray, gamma: float) -> np.ndarray:
+def take_lut(frames: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """uint8 ``frames`` of any shape through a 256-entry uint8 table ``lut`` (a new array)."""
     frames = np.ascontiguousarray(frames)
     if frames.nbytes % 2:
-        return np.take(gamma_lut(gamma), frames)
+        return np.take(lut, frames)
     words = frames.reshape(-1).view(np.uint16)
-    return np.take(_gamma_lut16(gamma), words).view(np.uint8).reshape(frames.shape)
+    return np.take(_lut16(np.asarray(lut, dtype=np.uint8).tobytes()), words).view(np.uint8).reshape(frames.shape)
+
+
+def _take_gamma(frames: np.ndarray, gamma: float) -> np.ndarray:
+    return take_lut(frames, gamma_lut(gamma))
 
 
 def apply_gamma(frames, gamma: float | None):
@@ -119,9 +123,9 @@ class TrainPreset:
 
     Gamma (optional), RandomResizedCrop (area ``scale``), horizontal flip with probability
     ``hflip``, timm RandAugment (``randaugment`` spec like ``"rand-m7-n4-mstd0.5"``, same ops for
-    every frame), normalisation, timm RandomErasing with probability ``random_erasing`` (same
-    region in every frame). Crop and flip draw from torch's RNG, RandAugment and erasing from
-    Python's ``random``: DataLoader workers seed both.
+    every frame, :class:`kit.randaugment.ClipRandAugment`), normalisation, timm RandomErasing with probability ``random_erasing`` (same
+    region in every frame). Crop and flip draw from torch's RNG, RandAugment from Python's ``random``
+    and numpy's, erasing from Python's ``random``: DataLoader workers seed all three.
     """
 
     def __init__(
@@ -148,13 +152,13 @@ class TrainPreset:
         self.randaugment = randaugment
         self._ra = None
         if randaugment:
-            from timm.data.auto_augment import rand_augment_transform
+            from kit.randaugment import ClipRandAugment
 
             hparams = {
                 "translate_const": int(self.crop * 0.45),
                 "img_mean": tuple(int(round(255 * m)) for m in self.mean),
             }
-            self._ra = rand_augment_transform(randaugment, hparams)
+            self._ra = ClipRandAugment(randaugment, hparams)
         self.random_erasing = float(random_erasing)
         self._erase = None
         if self.random_erasing > 0:
@@ -168,19 +172,6 @@ class TrainPreset:
             f"randaugment={self.randaugment!r}, random_erasing={self.random_erasing}, gamma={self.gamma})"
         )
 
-    def _rand_augment(self, clip_tchw: torch.Tensor) -> torch.Tensor:
-        from PIL import Image
-
-        # replay the RNG state for each frame so every frame gets the same ops and magnitudes
-        py_state, np_state = random.getstate(), np.random.get_state()
-        frames = clip_tchw.permute(0, 2, 3, 1).numpy()
-        out = np.empty_like(frames)
-        for i, frame in enumerate(frames):
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-            out[i] = np.asarray(self._ra(Image.fromarray(frame)))
-        return torch.from_numpy(out).permute(0, 3, 1, 2)
-
     def __call__(self, frames) -> torch.Tensor:
         """``frames``: uint8 ``(T, H, W, 3)``. Returns float32 ``(C, T, crop, crop)``."""
         clip = _to_tchw(apply_gamma(frames, self.gamma))
@@ -189,7 +180,7 @@ class TrainPreset:
         if self.hflip > 0 and torch.rand(()) < self.hflip:
             clip = clip.flip(-1)
         if self._ra is not None:
-            clip = self._rand_augment(clip)
+            clip = self._ra(clip)
         x = normalize(clip, mean=self.mean, std=self.std)
         if self._erase is not None:
             c, t, hh, ww = x.shape

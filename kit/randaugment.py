@@ -1,0 +1,187 @@
+"""RandAugment on whole clips: timm's policy, sampled once per clip and applied to every frame at once.
+
+timm's :func:`~timm.data.auto_augment.rand_augment_transform` parses the spec
+(``"rand-m7-n4-mstd0.5"``: magnitude 7, 4 layers, magnitude noise 0.5) and, per call, draws
+which ops run, whether each fires (probability 0.5), its noisy magnitude and the op's arguments
+(level functions, random sign). :class:`ClipRandAugment` keeps all of that timm's: each timm op's
+PIL function is swapped for a recorder, so one call of timm's own ``RandAugment`` returns the
+sampled plan. The plan is then applied to the uint8 clip ``(T, C, H, W)`` as a whole:
+
+- pointwise ops (Invert, Posterize, Solarize, SolarizeAdd, Brightness and their variants): one
+  256-entry table per channel, made by running timm's PIL function on a ramp image, so the
+  result is bit-exact with timm frame by frame;
+- geometric ops (Rotate, ShearX/Y, TranslateX/Y and the Rel variants): the op's PIL affine map
+  (same coefficients, same fill colour) as one bilinear ``grid_sample`` over all frames and
+  channels; timm picks bilinear or bicubic at random, this always resamples bilinearly;
+- the others (Color, Contrast, AutoContrast, Equalize, Sharpness, ...): timm's PIL function frame
+  by frame, with the same arguments (they use per-frame statistics; PIL is as fast as
+  torchvision's tensor versions here, Sharpness 4x faster).
+
+Example::
+
+    ra = ClipRandAugment("rand-m7-n4-mstd0.5", {"translate_const": 100, "img_mean": (115, 115, 115)})
+    clip = ra(clip)                           # uint8 (T, C, H, W) -> uint8 (T, C, H, W)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+POINTWISE_OPS = frozenset({
+    "Invert", "Posterize", "PosterizeIncreasing", "PosterizeOriginal", "Solarize",
+    "SolarizeIncreasing", "SolarizeAdd", "Brightness", "BrightnessIncreasing",
+})
+GEOMETRIC_OPS = frozenset({
+    "Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel",
+})
+
+
+def _record(name: str, plan: list, *args, **kwargs) -> list:
+    # stands in for a timm op's PIL function: the "image" is the plan, each op that fires appends itself
+    resample = kwargs.get("resample")
+    if name in GEOMETRIC_OPS and isinstance(resample, (list, tuple)):
+        resample = random.choice(resample)  # what timm's _interpolation draws for these ops
+    return plan + [(name, args, {**kwargs, "resample": resample})]
+
+
+class ClipRandAugment:
+    """timm RandAugment (``spec`` like ``"rand-m7-n4-mstd0.5"``, ``hparams`` as timm's) for a uint8
+    clip ``(T, C, H, W)``: the same sampled ops and arguments for every frame. Draws from Python's
+    ``random`` and numpy's global RNG, as timm does."""
+
+    def __init__(self, spec: str, hparams: dict | None = None):
+        from timm.data.auto_augment import rand_augment_transform
+
+        self.spec = spec
+        self.timm = rand_augment_transform(spec, dict(hparams or {}))
+        self._sampler = copy.copy(self.timm)
+        self._sampler.ops = []
+        for op in self.timm.ops:
+            rec = copy.copy(op)
+            rec.aug_fn = partial(_record, op.name)
+            self._sampler.ops.append(rec)
+        self._pil = {op.name: op.aug_fn for op in self.timm.ops}
+
+    def __repr__(self) -> str:
+        return f"ClipRandAugment({self.spec!r})"
+
+    def sample(self) -> list[tuple[str, tuple, dict]]:
+        """The ops that fire on the next clip: ``(name, args, kwargs)`` as timm would call them."""
+        return self._sampler([])
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(T, C, H, W)`` -> uint8 ``(T, C, H, W)``."""
+        if clip.dtype != torch.uint8 or clip.ndim != 4:
+            raise ValueError(f"clip must be uint8 (T, C, H, W), got {clip.dtype} {tuple(clip.shape)}")
+        for name, args, kwargs in self.sample():
+            clip = self.apply(clip, name, args, kwargs)
+        return clip
+
+    def apply(self, clip: torch.Tensor, name: str, args: tuple, kwargs: dict) -> torch.Tensor:
+        """One sampled op on the whole clip (uint8 ``(T, C, H, W)``)."""
+        fn = self._pil[name]
+        if name in POINTWISE_OPS:
+            return apply_lut(clip, pointwise_lut(fn, args, clip.shape[1]))
+        if name in GEOMETRIC_OPS:
+            h, w = clip.shape[-2:]
+            return pil_affine(clip, affine_coefficients(name, args, height=h, width=w), kwargs["fillcolor"])
+        return _per_frame_pil(clip, partial(fn, **{k: v for k, v in kwargs.items() if k != "resample"}), args)
+
+
+# ---------------------------------------------------------------- pointwise ops
+
+
+def pointwise_lut(fn, args: tuple, channels: int) -> np.ndarray:
+    """``(channels, 256)`` uint8 table of a pointwise PIL op ``fn(img, *args)``, read off a ramp image."""
+    from PIL import Image
+
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # (1, 256, 3) RGB
+    out = np.asarray(fn(Image.fromarray(ramp), *args))
+    if out.shape != ramp.shape:
+        raise ValueError(f"{fn.__name__} is not a pointwise RGB op (gave shape {out.shape})")
+    return np.ascontiguousarray(out[0].T[:channels])
+
+
+def apply_lut(clip: torch.Tensor, lut: np.ndarray) -> torch.Tensor:
+    """uint8 ``(T, C, H, W)`` through a per-channel ``(C, 256)`` uint8 table; keeps the memory layout."""
+    from kit.transforms import take_lut
+
+    # the op is pointwise: run it over the memory as it lies (channels last after a resize)
+    last = not clip.is_contiguous() and clip.is_contiguous(memory_format=torch.channels_last)
+    frames = (clip.permute(0, 2, 3, 1) if last else clip.contiguous()).numpy()
+    if all(np.array_equal(lut[0], lut[c]) for c in range(1, len(lut))):
+        out = take_lut(frames, lut[0])
+    else:
+        out = np.empty(frames.shape, dtype=np.uint8)
+        for c in range(len(lut)):
+            at = (..., c) if last else (slice(None), c)
+            out[at] = take_lut(frames[at], lut[c])
+    out = torch.from_numpy(out)
+    return out.permute(0, 3, 1, 2) if last else out
+
+
+# ---------------------------------------------------------------- geometric ops
+
+
+def affine_coefficients(name: str, args: tuple, *, height: int, width: int) -> tuple[float, ...]:
+    """PIL ``Image.AFFINE`` data ``(a, b, c, d, e, f)`` of timm's geometric op ``name``: the output
+    pixel at ``(x, y)`` shows the input at ``(a x + b y + c, d x + e y + f)``."""
+    (v,) = args
+    if name == "ShearX":
+        return (1.0, v, 0.0, 0.0, 1.0, 0.0)
+    if name == "ShearY":
+        return (1.0, 0.0, 0.0, v, 1.0, 0.0)
+    if name in ("TranslateX", "TranslateXRel"):
+        return (1.0, 0.0, v * width if name.endswith("Rel") else v, 0.0, 1.0, 0.0)
+    if name in ("TranslateY", "TranslateYRel"):
+        return (1.0, 0.0, 0.0, 0.0, 1.0, v * height if name.endswith("Rel") else v)
+    if name == "Rotate":
+        # PIL's Image.rotate (no expand): about the centre, counter-clockwise for v > 0
+        a = -math.radians(v)
+        cos, sin = round(math.cos(a), 15), round(math.sin(a), 15)
+        cx, cy = width / 2.0, height / 2.0
+        return (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
+    raise ValueError(f"{name} is not a geometric op")
+
+
+def pil_affine(clip: torch.Tensor, coefficients, fill) -> torch.Tensor:
+    """PIL's bilinear ``Image.transform(size, AFFINE, coefficients, fillcolor=fill)`` on every frame of
+    a uint8 clip ``(T, C, H, W)`` at once: input points outside the frame take ``fill`` (one value per
+    channel), inside it edge pixels repeat, as in PIL."""
+    t, ch, h, w = clip.shape
+    a, b, c, d, e, f = (float(v) for v in coefficients)
+    # PIL maps pixel centres (x + 0.5, y + 0.5) of the output to continuous input coordinates
+    y, x = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij"
+    )
+    xin, yin = a * x + b * y + c, d * x + e * y + f
+    inside = ((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)).float()
+    grid = torch.stack((2 * xin / w - 1, 2 * yin / h - 1), dim=-1)[None].float()
+    # outside the frame: the fill colour; bilinear values stay in [0, 255], + 0.5 then truncation rounds
+    fill_t = torch.tensor([float(v) for v in fill][:ch], dtype=torch.float32).view(ch, 1, 1)
+    fill_plane = (1 - inside) * fill_t + 0.5  # (C, H, W)
+    # frames x channels as the channels of one image: one grid for all, read plane by plane
+    planes = clip.reshape(1, t * ch, h, w).float()
+    out = F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.view(t, ch, h, w).mul_(inside).add_(fill_plane)
+    return out.to(torch.uint8)
+
+
+# ---------------------------------------------------------------- other ops
+
+
+def _per_frame_pil(clip: torch.Tensor, fn, args: tuple) -> torch.Tensor:
+    from PIL import Image
+
+    frames = clip.permute(0, 2, 3, 1).numpy()
+    out = np.empty(frames.shape, dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        out[i] = np.asarray(fn(Image.fromarray(frame), *args))
+    return torch.from_numpy(out).permute(0, 3, 1, 2)

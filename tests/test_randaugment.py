@@ -1,0 +1,119 @@
+"""kit.randaugment: timm's RandAugment sampled once per clip and applied to every frame at once."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data import auto_augment as timm_aa
+
+from kit.randaugment import (
+    GEOMETRIC_OPS,
+    POINTWISE_OPS,
+    ClipRandAugment,
+    affine_coefficients,
+    apply_lut,
+    pil_affine,
+    pointwise_lut,
+)
+
+FILL = (115, 115, 115)
+HPARAMS = {"translate_const": 20, "img_mean": FILL}
+
+
+def _frame(h=48, w=64, seed=0) -> np.ndarray:
+    # smooth gradients plus noise: bilinear resampling differs from PIL's only by rounding
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 3, y * 4, (x + y) * 2], axis=-1) % 256 + rng.integers(0, 20, (h, w, 3))
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def _clip(frames) -> torch.Tensor:
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)  # (T, C, H, W), channels last
+
+
+def _hwc(clip: torch.Tensor, i: int) -> np.ndarray:
+    return clip[i].permute(1, 2, 0).numpy()
+
+
+def test_timm_parses_the_spec_and_its_op_set_is_kept():
+    ra = ClipRandAugment("rand-m7-n4-mstd0.5", HPARAMS)
+    assert ra.timm.num_layers == 4
+    assert [op.name for op in ra.timm.ops] == timm_aa._RAND_TRANSFORMS
+    assert all(op.magnitude == 7 and op.magnitude_std == 0.5 and op.prob == 0.5 for op in ra.timm.ops)
+    assert set(timm_aa._RAND_TRANSFORMS) - POINTWISE_OPS - GEOMETRIC_OPS == {
+        "AutoContrast", "Equalize", "Color", "Contrast", "Sharpness",  # per-frame statistics: PIL per frame
+    }
+
+
+def test_sampled_plan_follows_timm_layers_and_magnitudes():
+    ra = ClipRandAugment("rand-m9-n3-mstd0.5", HPARAMS)
+    random.seed(0)
+    np.random.seed(0)
+    plans = [ra.sample() for _ in range(300)]
+    assert all(len(p) <= 3 for p in plans)
+    fired = sum(len(p) for p in plans) / (3 * len(plans))
+    assert 0.4 < fired < 0.6  # each chosen layer fires with probability 0.5
+    rotations = [abs(args[0]) for p in plans for name, args, _ in p if name == "Rotate"]
+    assert rotations and max(rotations) <= 30 and 20 < np.mean(rotations) < 34  # 9/10 * 30 degrees, noisy
+    assert all(kw["fillcolor"] == FILL for p in plans for _, _, kw in p)
+
+
+@pytest.mark.parametrize("name, args", [("Invert", ()), ("Posterize", (2,)), ("Solarize", (100,)),
+                                        ("SolarizeAdd", (50,)), ("Brightness", (1.37,))])
+def test_pointwise_ops_are_bit_exact_with_timm_on_every_frame(name, args):
+    frames = [_frame(seed=s) for s in range(3)]
+    clip = _clip(frames)
+    fn = timm_aa.NAME_TO_OP[name]
+    out = apply_lut(clip, pointwise_lut(fn, args, 3))
+    assert out.dtype == torch.uint8 and out.shape == clip.shape
+    for i, frame in enumerate(frames):
+        assert np.array_equal(_hwc(out, i), np.asarray(fn(Image.fromarray(frame), *args)))
+    planar = apply_lut(clip.contiguous(), pointwise_lut(fn, args, 3))  # any memory layout
+    assert torch.equal(planar, out)
+
+
+@pytest.mark.parametrize("name, args", [("ShearX", (0.2,)), ("ShearY", (-0.25,)), ("TranslateXRel", (0.3,)),
+                                        ("TranslateYRel", (-0.2,)), ("TranslateX", (7.5,)), ("Rotate", (20.0,)),
+                                        ("Rotate", (-13.0,))])
+def test_geometric_ops_match_timm_bilinear_within_one_level(name, args):
+    frames = [_frame(seed=s) for s in range(2)]
+    clip = _clip(frames)
+    out = pil_affine(clip, affine_coefficients(name, args, height=48, width=64), FILL)
+    assert out.dtype == torch.uint8 and out.shape == clip.shape
+    fn = timm_aa.NAME_TO_OP[name]
+    for i, frame in enumerate(frames):
+        ref = np.asarray(fn(Image.fromarray(frame), *args, fillcolor=FILL, resample=Image.BILINEAR))
+        diff = np.abs(ref.astype(int) - _hwc(out, i).astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.6, (name, diff.max(), diff.mean())
+
+
+def test_every_op_applies_the_same_to_every_frame():
+    ra = ClipRandAugment("rand-m9-n4-mstd0.5", HPARAMS)
+    still = _clip([_frame()] * 4)
+    for name in timm_aa._RAND_TRANSFORMS:
+        op = next(op for op in ra.timm.ops if op.name == name)
+        random.seed(1)
+        args = op.level_fn(9, op.hparams) if op.level_fn else ()
+        out = ra.apply(still, name, args, {"fillcolor": FILL, "resample": Image.BILINEAR})
+        assert out.dtype == torch.uint8 and out.shape == still.shape, name
+        assert all(torch.equal(out[0], out[i]) for i in range(1, 4)), name
+        if name not in GEOMETRIC_OPS | POINTWISE_OPS:  # PIL frame by frame: exactly timm's
+            ref = timm_aa.NAME_TO_OP[name](Image.fromarray(_frame()), *args)
+            assert np.array_equal(_hwc(out, 0), np.asarray(ref)), name
+
+
+def test_call_keeps_shape_dtype_and_rejects_float():
+    ra = ClipRandAugment("rand-m7-n4-mstd0.5", HPARAMS)
+    random.seed(0)
+    np.random.seed(0)
+    clip = _clip([_frame(seed=s) for s in range(3)])
+    for _ in range(20):
+        out = ra(clip)
+        assert out.dtype == torch.uint8 and out.shape == clip.shape
+    with pytest.raises(ValueError, match="uint8"):
+        ra(clip.float())
