@@ -157,16 +157,15 @@ def pil_affine(clip: torch.Tensor, coefficients, fill) -> torch.Tensor:
     channel), inside it edge pixels repeat, as in PIL."""
     t, ch, h, w = clip.shape
     a, b, c, d, e, f = (float(v) for v in coefficients)
-    # PIL maps pixel centres (x + 0.5, y + 0.5) of the output to continuous input coordinates
-    y, x = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij"
-    )
+    # PIL maps pixel centres (x + 0.5, y + 0.5) of the output to continuous input coordinates;
+    # the small (H, W) maps in numpy: a torch op each would be a parallel region each
+    y, x = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
     xin, yin = a * x + b * y + c, d * x + e * y + f
-    inside = ((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)).float()
-    grid = torch.stack((2 * xin / w - 1, 2 * yin / h - 1), dim=-1)[None].float()
+    inside = ((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)).astype(np.float32)
+    grid = torch.from_numpy(np.stack((2 * xin / w - 1, 2 * yin / h - 1), axis=-1)[None].astype(np.float32))
     # outside the frame: the fill colour; bilinear values stay in [0, 255], + 0.5 then truncation rounds
-    fill_t = torch.tensor([float(v) for v in fill][:ch], dtype=torch.float32).view(ch, 1, 1)
-    fill_plane = (1 - inside) * fill_t + 0.5  # (C, H, W)
+    fill_plane = (1 - inside) * np.asarray([float(v) for v in fill][:ch], dtype=np.float32)[:, None, None] + 0.5
+    inside, fill_plane = torch.from_numpy(inside), torch.from_numpy(fill_plane)  # (H, W), (C, H, W)
     # frames x channels as the channels of one image: one grid for all, read plane by plane
     planes = clip.reshape(1, t * ch, h, w).float()
     out = F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=False)
