@@ -99,13 +99,26 @@ def _to_tchw(frames) -> torch.Tensor:
 
 
 def normalize(
-    clip_tchw: torch.Tensor, *, mean: Sequence[float] = MEAN, std: Sequence[float] = STD
+    clip_tchw: torch.Tensor,
+    *,
+    mean: Sequence[float] = MEAN,
+    std: Sequence[float] = STD,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """uint8 ``(T, C, H, W)`` -> float32 ``(C, T, H, W)`` with ``(x / 255 - mean) / std``."""
-    x = clip_tchw.permute(1, 0, 2, 3).contiguous().float()
+    """uint8 ``(T, C, H, W)`` -> float32 ``(C, T, H, W)`` with ``(x / 255 - mean) / std``.
+
+    ``out``: a float32 ``(C, T, H, W)`` tensor to write into (e.g. a slot of a batch).
+    """
+    t, c, h, w = clip_tchw.shape
+    if out is None:
+        out = torch.empty((c, t, h, w), dtype=torch.float32)
+    # one converting copy straight into the (C, T, H, W) layout, then two in-place passes
+    out.copy_(clip_tchw.permute(1, 0, 2, 3))
+    if len(set(std)) == 1 and len(set(mean)) == 1:
+        return out.mul_(1.0 / (255.0 * std[0])).sub_(mean[0] / std[0])
     scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(-1, 1, 1, 1)
     shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)]).view(-1, 1, 1, 1)
-    return x.mul_(scale).sub_(shift)
+    return out.mul_(scale).sub_(shift)
 
 
 def _resize_short(clip_tchw: torch.Tensor, short_side: int) -> torch.Tensor:
@@ -172,8 +185,13 @@ class TrainPreset:
             f"randaugment={self.randaugment!r}, random_erasing={self.random_erasing}, gamma={self.gamma})"
         )
 
-    def __call__(self, frames) -> torch.Tensor:
-        """``frames``: uint8 ``(T, H, W, 3)``. Returns float32 ``(C, T, crop, crop)``."""
+    def output_shape(self, frames: int) -> tuple[int, ...]:
+        """Shape of the clip returned for ``frames`` input frames: ``(C, T, crop, crop)``."""
+        return (len(self.mean), frames, self.crop, self.crop)
+
+    def __call__(self, frames, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``frames``: uint8 ``(T, H, W, 3)``. Returns float32 ``(C, T, crop, crop)``, written into
+        ``out`` when given (a tensor of :meth:`output_shape`)."""
         clip = _to_tchw(apply_gamma(frames, self.gamma))
         top, left, h, w = RandomResizedCrop.get_params(clip, list(self.scale), list(self.ratio))
         clip = TF.resized_crop(clip, top, left, h, w, [self.crop, self.crop], antialias=True)
@@ -181,11 +199,12 @@ class TrainPreset:
             clip = clip.flip(-1)
         if self._ra is not None:
             clip = self._ra(clip)
-        x = normalize(clip, mean=self.mean, std=self.std)
+        x = normalize(clip, mean=self.mean, std=self.std, out=out)
         if self._erase is not None:
             c, t, hh, ww = x.shape
-            # frames of one clip share the erased rectangle: erase the (C*T, H, W) stack at once
-            x = self._erase(x.view(c * t, hh, ww)).view(c, t, hh, ww)
+            # frames of one clip share the erased rectangle: erase the (C*T, H, W) stack at once,
+            # in place (timm's RandomErasing writes into its input)
+            self._erase(x.view(c * t, hh, ww))
         return x
 
 
@@ -234,16 +253,31 @@ class EvalPreset:
             return [(ct, 0), (ct, cl), (ct, width - c)]
         return [(0, cl), (ct, cl), (height - c, cl)]
 
-    def __call__(self, frames) -> torch.Tensor:
-        """``frames``: uint8 ``(T, H, W, 3)``. Returns ``(C, T, crop, crop)`` or ``(crops, C, T, crop, crop)``."""
-        clip = _resize_short(_to_tchw(apply_gamma(frames, self.gamma)), self.short_side)
+    def output_shape(self, frames: int) -> tuple[int, ...]:
+        """Shape of the clip returned for ``frames`` input frames: ``(C, T, crop, crop)`` or
+        ``(crops, C, T, crop, crop)``."""
+        one = (len(self.mean), frames, self.crop, self.crop)
+        return one if self.crops == 1 else (self.crops, *one)
+
+    def __call__(self, frames, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``frames``: uint8 ``(T, H, W, 3)``. Returns ``(C, T, crop, crop)`` or ``(crops, C, T, crop, crop)``,
+        written into ``out`` when given (a float32 tensor of :meth:`output_shape`)."""
+        clip = _to_tchw(frames)
         h, w = clip.shape[-2:]
         c = self.crop
-        outs = [
-            normalize(clip[..., top : top + c, left : left + c], mean=self.mean, std=self.std)
-            for top, left in self.crop_boxes(h, w)
-        ]
-        return outs[0] if self.crops == 1 else torch.stack(outs)
+        if min(h, w) == self.short_side and self.crops == 1:
+            # no resize: gamma on the crop only (it is per pixel)
+            top, left = self.crop_boxes(h, w)[0]
+            clip = _to_tchw(apply_gamma(frames[:, top : top + c, left : left + c], self.gamma))
+            return normalize(clip, mean=self.mean, std=self.std, out=out)
+        clip = _resize_short(_to_tchw(apply_gamma(frames, self.gamma)), self.short_side)
+        h, w = clip.shape[-2:]
+        if out is None:
+            out = torch.empty(self.output_shape(clip.shape[0]), dtype=torch.float32)
+        slots = out.unsqueeze(0) if self.crops == 1 else out
+        for slot, (top, left) in zip(slots, self.crop_boxes(h, w), strict=True):
+            normalize(clip[..., top : top + c, left : left + c], mean=self.mean, std=self.std, out=slot)
+        return out
 
 
 def tta_combinations(*, views: int, crops: int) -> Iterator[tuple[int, int, int]]:

@@ -1,6 +1,9 @@
+import random
+
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 from kit.transforms import (
     EvalPreset,
@@ -142,3 +145,54 @@ def test_fast_gamma_equals_the_8_bit_table(shape):
     assert np.array_equal(apply_gamma(frames, 0.25), expected)
     assert np.array_equal(apply_gamma(torch.from_numpy(frames), 0.25).numpy(), expected)
     assert np.array_equal(apply_gamma(frames[:, ::2], 0.25), gamma_lut(0.25)[frames[:, ::2]])  # a strided view
+
+
+def _old_normalize(clip_tchw, mean, std):
+    # the two-step reference: x / 255, then (x - mean) / std
+    x = clip_tchw.permute(1, 0, 2, 3).float() / 255
+    return (x - torch.tensor(mean).view(-1, 1, 1, 1)) / torch.tensor(std).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("mean, std", [((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
+                                       ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_normalize_matches_the_reference_and_writes_into_out(mean, std):
+    clip = torch.from_numpy(_clip(t=3, h=20, w=24)).permute(0, 3, 1, 2)  # channels-last view
+    ref = _old_normalize(clip, mean, std)
+    assert torch.allclose(normalize(clip, mean=mean, std=std), ref, atol=1e-5)
+    out = torch.full((3, 3, 20, 24), float("nan"))
+    assert normalize(clip, mean=mean, std=std, out=out) is out
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, frames", [(dict(crop=32, short_side=40), _clip(t=3, h=64, w=96)),
+                                        (dict(crop=32, short_side=64, gamma=0.25), _clip(t=3, h=64, w=96)),
+                                        (dict(crop=32, short_side=40, crops=3, gamma=0.5), _clip(t=2, h=64, w=80))])
+def test_eval_preset_matches_the_reference_path_and_fills_out(kw, frames):
+    preset = EvalPreset(**kw)
+    out = preset(frames)
+    assert out.shape == preset.output_shape(len(frames))
+    # reference: gamma on the whole frame, resize, crop, then normalise
+    clip = torch.from_numpy(apply_gamma(frames, preset.gamma)).permute(0, 3, 1, 2)
+    if min(clip.shape[-2:]) != preset.short_side:
+        clip = TF.resize(clip, [preset.short_side], antialias=True)
+    c = preset.crop
+    refs = [_old_normalize(clip[..., top : top + c, left : left + c], preset.mean, preset.std)
+            for top, left in preset.crop_boxes(*clip.shape[-2:])]
+    ref = refs[0] if preset.crops == 1 else torch.stack(refs)
+    assert torch.allclose(out, ref, atol=1e-5)
+    slot = torch.empty(preset.output_shape(len(frames)))
+    assert preset(frames, out=slot) is slot and torch.equal(slot, out)
+
+
+def test_train_preset_writes_into_out():
+    frames = _clip(t=3)
+    preset = TrainPreset(crop=32, randaugment="rand-m7-n4-mstd0.5", random_erasing=0.5)
+    slot = torch.empty(preset.output_shape(3))
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    ref = preset(frames)
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    assert preset(frames, out=slot) is slot and torch.equal(slot, ref)
