@@ -268,7 +268,35 @@ class VideoDataset(Dataset):
             ) from exc
         return [batch[np.searchsorted(wanted, idx)] for idx in per_view]
 
+    def item_shape(self) -> tuple[int, ...] | None:
+        """Shape of ``dataset[i]["video"]``, or None when the transform does not tell it."""
+        shape = getattr(self.transform, "output_shape", None)
+        if shape is None:
+            return None
+        one = tuple(shape(self.frames))
+        if self.train:
+            return one if self.num_samples == 1 else (self.num_samples, *one)
+        if len(one) == 5:  # (crops, C, T, H, W) per view
+            crops, one = one[0], one[1:]
+        else:
+            crops = 1
+        samples = self.views * crops
+        return one if samples == 1 else (samples, *one)
+
     def __getitem__(self, i: int) -> dict:
+        return self._item(i, None)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """The items of one batch, their videos transformed straight into consecutive slots of
+        one batch tensor (in shared memory inside a DataLoader worker): :func:`collate` then
+        takes that tensor as it is instead of stacking a copy."""
+        shape = self.item_shape()
+        if shape is None:
+            return [self._item(i, None) for i in indices]
+        batch = _empty_batch((len(indices), *shape))
+        return [self._item(i, slot) for i, slot in zip(indices, batch, strict=True)]
+
+    def _item(self, i: int, out: torch.Tensor | None) -> dict:
         rel = self.list.paths[i]
         try:
             views = self._decode_views(self.root / rel)
@@ -277,6 +305,31 @@ class VideoDataset(Dataset):
                 raise
             log.warning("skipping bad video (item %d): %s", i, exc)
             return {"bad": rel, "index": i}
+        if out is None and (shape := self.item_shape()) is not None:
+            out = torch.empty(shape, dtype=torch.float32)
+        item = {
+            "video": self._transform(views) if out is None else self._transform_into(views, out),
+            "label": int(self.list.labels[i]),
+            "index": i,
+        }
+        if self.list.probs is not None:
+            item["probs"] = torch.from_numpy(self.list.probs[i])
+        return item
+
+    def _transform_into(self, views: list[np.ndarray], out: torch.Tensor) -> torch.Tensor:
+        # out (S, ...) is view-major (see tta_combinations): one slot per sample, or per view
+        # holding its crops
+        slots = out.view(-1, *self.transform.output_shape(self.frames))
+        if self.train:
+            for slot in slots:
+                self.transform(views[0], out=slot)
+        else:
+            for frames, slot in zip(views, slots, strict=True):
+                self.transform(frames, out=slot)
+        return out
+
+    def _transform(self, views: list[np.ndarray]) -> torch.Tensor:
+        # a transform without output_shape: stack what it returns
         if self.train:
             samples = [self.transform(views[0]) for _ in range(self.num_samples)]
         else:
@@ -284,14 +337,37 @@ class VideoDataset(Dataset):
             for frames in views:
                 out = self.transform(frames)
                 samples.extend(out.unbind(0) if out.ndim == 5 else [out])
-        item = {
-            "video": samples[0] if len(samples) == 1 else torch.stack(samples),
-            "label": int(self.list.labels[i]),
-            "index": i,
-        }
-        if self.list.probs is not None:
-            item["probs"] = torch.from_numpy(self.list.probs[i])
-        return item
+        return samples[0] if len(samples) == 1 else torch.stack(samples)
+
+
+def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    # inside a worker, as default_collate does: shared memory, so the batch crosses to the main
+    # process without another copy
+    if torch.utils.data.get_worker_info() is not None:
+        numel = math.prod(shape)
+        storage = torch.UntypedStorage._new_shared(numel * 4)
+        return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+    return torch.empty(shape, dtype=torch.float32)
+
+
+def _slots_of_one_batch(videos: list[torch.Tensor]) -> torch.Tensor | None:
+    """The batch tensor whose consecutive slots ``videos`` are (as :meth:`VideoDataset.__getitems__`
+    writes them), or None."""
+    first = videos[0]
+    n = first.numel()
+    storage = first.untyped_storage()
+    if storage.nbytes() != len(videos) * n * first.element_size():
+        return None
+    for k, v in enumerate(videos):
+        if (
+            v.untyped_storage().data_ptr() != storage.data_ptr()
+            or v.storage_offset() != k * n
+            or v.shape != first.shape
+            or v.dtype != first.dtype
+            or not v.is_contiguous()
+        ):
+            return None
+    return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(videos), *first.shape))
 
 
 def collate(items: list[dict]) -> dict:
@@ -307,8 +383,11 @@ def collate(items: list[dict]) -> dict:
             index=torch.empty(0, dtype=torch.int64),
         )
         return out
-    # default_collate stacks straight into shared memory inside workers: one copy less per batch
-    out["video"] = default_collate([it["video"] for it in good])
+    videos = [it["video"] for it in good]
+    # VideoDataset.__getitems__ wrote the batch in place; otherwise default_collate stacks
+    # straight into shared memory inside workers: one copy less per batch
+    batch = _slots_of_one_batch(videos)
+    out["video"] = batch if batch is not None else default_collate(videos)
     out["label"] = torch.tensor([it["label"] for it in good], dtype=torch.int64)
     out["index"] = torch.tensor([it["index"] for it in good], dtype=torch.int64)
     if "probs" in good[0]:

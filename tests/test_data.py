@@ -325,3 +325,64 @@ def test_sample_clips_is_seeded(tiny_data_dir):
         p.startswith("unlabeled/") for p in a[2:]
     )
     assert len(data.sample_clips(tiny_data_dir, ["val.csv"], per_list=10)) == 3
+
+
+# ---------------------------------------------------------------- batches written in place
+
+
+@pytest.mark.parametrize(
+    "train, kw",
+    [
+        (True, dict(transform=TrainPreset(crop=32), num_samples=2)),
+        (False, dict(transform=EvalPreset(crop=32, crops=3), views=2)),
+        (False, dict(transform=EvalPreset(crop=32, short_side=64, gamma=0.25))),
+    ],
+)
+def test_batch_written_in_place_equals_stacked_items(tiny_data_dir, train, kw):
+    ds = VideoDataset(tiny_data_dir, "labeled.csv", frames=4, train=train, **kw)
+    torch.manual_seed(0)
+    items = ds.__getitems__([0, 2, 5])
+    assert [it["video"].shape for it in items] == [ds.item_shape()] * 3
+    batch = collate(items)
+    assert batch["video"].data_ptr() == items[0]["video"].data_ptr()  # no stacking copy
+    assert batch["video"].shape == (3, *ds.item_shape()) and batch["index"].tolist() == [0, 2, 5]
+    if not train:  # deterministic: the same as one item at a time, stacked
+        assert torch.equal(batch["video"], torch.stack([ds[i]["video"] for i in (0, 2, 5)]))
+
+
+def test_in_place_batch_with_a_bad_clip_falls_back_to_stacking(tiny_data_dir):
+    _bad_dir(tiny_data_dir)
+    ds = VideoDataset(tiny_data_dir, "bad.csv", frames=4, transform=EvalPreset(crop=32), train=False,
+                      skip_bad_videos=True)
+    batch = collate(ds.__getitems__([0, 1]))
+    assert batch["video"].shape == (1, 3, 4, 32, 32) and batch["bad"] == ["missing.mp4"]
+    assert torch.equal(batch["video"][0], ds[0]["video"])
+
+
+def test_collate_copies_tensors_that_are_not_slots_of_one_batch():
+    base = torch.arange(24.0).view(2, 3, 4)
+    same = collate([{"video": base[0], "label": 0, "index": 0}, {"video": base[1], "label": 0, "index": 1}])
+    assert same["video"].data_ptr() == base.data_ptr() and torch.equal(same["video"], base)
+    part = collate([{"video": base[1], "label": 0, "index": 1}])  # a slot, but not the whole storage
+    assert part["video"].data_ptr() != base.data_ptr() and torch.equal(part["video"][0], base[1])
+    apart = [torch.ones(3, 4), torch.zeros(3, 4)]
+    assert torch.equal(collate([{"video": v, "label": 0, "index": 0} for v in apart])["video"], torch.stack(apart))
+
+
+def test_transform_without_output_shape_is_stacked(tiny_data_dir):
+    plain = EvalPreset(crop=32)
+
+    def transform(frames):  # a plain callable, as a user may pass
+        return plain(frames)
+
+    ds = VideoDataset(tiny_data_dir, "val.csv", frames=4, transform=transform, train=False)
+    assert ds.item_shape() is None
+    batch = collate(ds.__getitems__([0, 1]))
+    assert batch["video"].shape == (2, 3, 4, 32, 32)
+
+
+def test_loader_with_workers_gives_the_in_place_batches(tiny_data_dir):
+    ds = build_dataset(_params(tiny_data_dir), "labeled", train=False)
+    single = torch.stack([ds[i]["video"] for i in range(len(ds))])
+    got = torch.cat([b["video"] for b in build_loader(ds, batch_size=4, train=False, num_workers=2)])
+    assert torch.equal(got, single)
