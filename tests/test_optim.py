@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -37,6 +38,23 @@ def test_no_decay_on_biases_1d_norm_and_named_parameters():
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.05, 0.0)
     opt = build_optimizer(net, lr=1e-3, weight_decay=0.05, eps=1e-8)
     assert len(opt.param_groups[1]["params"]) == 6 and opt.defaults["eps"] == 1e-8  # no_weight_decay() honoured
+
+
+def test_the_fused_step_matches_the_reference_adamw():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    twin = copy.deepcopy(net)
+    fused = build_optimizer(net, lr=1e-2, weight_decay=0.05)
+    plain = torch.optim.AdamW(param_groups(twin, weight_decay=0.05), lr=1e-2, foreach=False)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    x = torch.randn(16, 4)
+    for _ in range(5):
+        for model, opt in ((net, fused), (twin, plain)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(net.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_warmup_then_cosine_per_iteration_and_state_round_trip():
