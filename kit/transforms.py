@@ -59,7 +59,15 @@ def take_lut(frames: np.ndarray, lut: np.ndarray) -> np.ndarray:
     if frames.nbytes % 2:
         return np.take(lut, frames)
     words = frames.reshape(-1).view(np.uint16)
-    return np.take(_lut16(np.asarray(lut, dtype=np.uint8).tobytes()), words).view(np.uint8).reshape(frames.shape)
+    table = _lut16(np.asarray(lut, dtype=np.uint8).tobytes())
+    out = np.empty_like(words)
+    # in chunks: np.take converts its indices to int64, a clip-sized temporary otherwise
+    for start in range(0, len(words), _LUT_CHUNK):
+        np.take(table, words[start : start + _LUT_CHUNK], out=out[start : start + _LUT_CHUNK])
+    return out.view(np.uint8).reshape(frames.shape)
+
+
+_LUT_CHUNK = 1 << 16
 
 
 def _take_gamma(frames: np.ndarray, gamma: float) -> np.ndarray:
