@@ -18,9 +18,10 @@ Measured 2026-11-26 on the shared 2-core CPU box (synthetic 64 px, 48-frame clip
 320 clips, best of 3): defaults (crop 56, gamma 0.25 at eval, no RandAugment) kit eval 0.87x /
 0.84x and kit train 0.83x / 0.81x of raw decord with 0 / 2 workers. With
 ``--short-side 72 --crop 64 --randaugment rand-m7-n4-mstd0.5 --random-erasing 0.25``: eval
-0.78x / 0.85x, train 0.51x / 0.61x. RandAugment is timm's, on PIL images frame by frame
-(same ops for every frame); at 32 frames x 224 px it costs about 40 ms per clip on one core
-against 7 ms for the rest of the train transform, so use workers for the reference recipe.
+0.78x / 0.85x, train 0.51x / 0.61x. RandAugment is timm's policy sampled once per clip and
+applied to the whole clip (:mod:`kit.randaugment`); at 32 frames x 224 px it costs about 34 ms
+per clip on one core (timm's PIL ops frame by frame: 47 ms) against 7 ms for the rest of the
+train transform, so use workers for the reference recipe.
 """
 
 from __future__ import annotations
