@@ -14,8 +14,9 @@ sampled plan. The plan is then applied to the uint8 clip ``(T, C, H, W)`` as a w
   (same coefficients, same fill colour) as one bilinear ``grid_sample`` over all frames and
   channels; timm picks bilinear or bicubic at random, this always resamples bilinearly;
 - the others (Color, Contrast, AutoContrast, Equalize, Sharpness, ...): timm's PIL function frame
-  by frame, with the same arguments (they use per-frame statistics; PIL is as fast as
-  torchvision's tensor versions here, Sharpness 4x faster).
+  by frame, with the same arguments, so exactly timm's (they use per-frame statistics; at
+  32 x 224 x 224 PIL frame by frame took 9-12 ms per op, about what torchvision's tensor versions
+  take on the whole clip, and Sharpness a quarter of torchvision's 120 ms).
 
 Example::
 
