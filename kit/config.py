@@ -89,6 +89,7 @@ class TrainConfig:
     grad_checkpointing: bool = False  # trade compute for memory where the model offers it
     resume: Literal["auto", "never"] = "auto"  # continue from checkpoint.pth when present
     metric: Literal["top1", "mean_class_acc", "loss"] = "top1"  # chooses best.pth
+    val_every: int = 1  # epochs between evaluations on val (the last epoch is always evaluated)
     adapt_bn_every_epoch: bool = False  # Adapt BN on the dark pool after each epoch (reference)
     log_every: int = 10  # iterations between progress-bar refreshes of the loss
 
@@ -421,6 +422,7 @@ def _check_values(p: Params) -> None:
     for key, v in [
         ("data.frames", p.data.frames), ("data.crop", p.data.crop), ("train.epochs", p.train.epochs),
         ("train.batch_size", p.train.batch_size), ("train.lr", p.train.lr), ("eval.views", p.eval.views),
+        ("train.val_every", p.train.val_every),
         ("eval.crops", p.eval.crops), ("pseudo.views", p.pseudo.views), ("data.num_samples", p.data.num_samples),
         ("adapt_bn.num_batches", p.adapt_bn.num_batches), ("nproc_per_node", p.nproc_per_node),
     ]:

@@ -655,15 +655,16 @@ def fit(
         if params.adapt_bn_every_epoch:
             report = adapt_bn(model, adapt_loader, num_batches=adapt_params.num_batches, device=device, amp=params.amp)
             row["adapt_bn_clips"] = report.clips
-        if val_loader is not None:
+        validate = val_loader is not None and ((epoch + 1) % params.val_every == 0 or epoch + 1 == params.epochs)
+        if validate:
             ev = evaluate(model, val_loader, device=device, num_classes=num_classes, amp=params.amp, progress=progress)
             row.update({k: ev[k] for k in ("top1", "top5", "mean_class_acc")}, val_loss=ev["loss"])
             value = ev[params.metric]
             better = best_metric is None or (
                 value > best_metric if _HIGHER_IS_BETTER[params.metric] else value < best_metric
             )
-        else:
-            value, better = None, True  # nothing to compare: the latest epoch is the best known
+        else:  # without val the latest epoch is the best known; between evaluations nothing changes
+            value, better = None, val_loader is None
         if better:
             best_metric, best_epoch = value, epoch + 1
         bad = sorted({p for part in D.all_gather_object(bad) for p in part})

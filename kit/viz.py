@@ -59,13 +59,11 @@ def training_curves(path, *, title: str = ""):
     rows = read_metrics(path)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3))
     if rows:
-        epochs = [r.get("epoch") for r in rows]
-        for key in ("loss", "pseudo_loss"):
-            if any(key in r for r in rows):
-                ax1.plot(epochs, [r.get(key) for r in rows], marker=".", label=key)
-        for key in ("top1", "val_top1", "train_top1"):
-            if any(r.get(key) is not None for r in rows):
-                ax2.plot(epochs, [r.get(key) for r in rows], marker=".", label=key)
+        for ax, keys in ((ax1, ("loss", "pseudo_loss")), (ax2, ("top1", "val_top1", "train_top1"))):
+            for key in keys:
+                have = [r for r in rows if r.get(key) is not None]  # val may run every few epochs only
+                if have:
+                    ax.plot([r["epoch"] for r in have], [r[key] for r in have], marker=".", label=key)
         ax1.legend()
         ax2.legend()
     ax1.set_xlabel("epoch")

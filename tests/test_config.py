@@ -95,6 +95,8 @@ def test_bad_per_model_train_key(params_dir):
 def test_value_checks(params_dir):
     with pytest.raises(ParamsError, match="eval.crops"):
         load_params(params_dir / "run.yaml", ["eval.crops=2"])
+    with pytest.raises(ParamsError, match=r"train\.val_every must be > 0, got 0"):
+        load_params(params_dir / "run.yaml", ["train.val_every=0"])
     with pytest.raises(ParamsError, match="unique"):
         load_params(params_dir / "run.yaml", ["models=[{name: a}, {name: a}]"])
 

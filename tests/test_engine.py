@@ -131,6 +131,17 @@ def test_loss_decreases_and_metrics_are_logged(tmp_path):
     assert not (tmp_path / ".checkpoint.pth.tmp").exists()
 
 
+def test_val_every_evaluates_every_nth_and_the_last_epoch(tmp_path):
+    out = engine.fit(model(), loader(Clips(12)), val_loader=loader(Clips(6, seed=1), shuffle=False),
+                     params=cfg(epochs=5, val_every=2), out_dir=tmp_path, device="cpu", num_classes=K, progress=False)
+    assert [r["epoch"] for r in out.history if "top1" in r] == [2, 4, 5]
+    best = engine.load_checkpoint(tmp_path / "best.pth")
+    assert best["epoch"] in (2, 4, 5) and best["best_metric"] == max(r["top1"] for r in out.history if "top1" in r)
+    from kit import viz
+
+    viz.training_curves(tmp_path / "metrics.jsonl")  # plots rows without val among rows with it
+
+
 def _fit_with_noise(out_dir, **kw):
     # augmentation from torch's global RNG and mixup from numpy's: both must be restored on resume
     ds = Clips(16, augment=True)
