@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import math
-import mmap
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,23 +343,12 @@ class VideoDataset(Dataset):
 
 
 def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 batch tensor. Inside a DataLoader worker in shared memory, as
-    default_collate allocates, so it crosses to the main process without another copy. In the
-    main process a large one is mapped on transparent huge pages where the kernel offers them:
-    first-touch page faults of a fresh 77 MB batch (4 clips of 32 x 224 x 224) took about as long
-    as resizing and normalising its clips."""
-    nbytes = math.prod(shape) * 4
+    """An uninitialised float32 batch tensor; inside a DataLoader worker in shared memory, as
+    default_collate allocates, so it crosses to the main process without another copy."""
     if torch.utils.data.get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(nbytes)
+        storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
         return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
-    if nbytes >= _HUGE_PAGE_BATCH and hasattr(mmap, "MADV_HUGEPAGE"):
-        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        buf.madvise(mmap.MADV_HUGEPAGE)
-        return torch.frombuffer(buf, dtype=torch.float32).view(shape)  # the tensor keeps buf alive
     return torch.empty(shape, dtype=torch.float32)
-
-
-_HUGE_PAGE_BATCH = 16 << 20  # bytes; smaller batches come from the ordinary allocator
 
 
 def _slots_of_one_batch(videos: list[torch.Tensor]) -> torch.Tensor | None:

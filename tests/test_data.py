@@ -387,15 +387,3 @@ def test_loader_with_workers_gives_the_in_place_batches(tiny_data_dir):
     got = torch.cat([b["video"] for b in build_loader(ds, batch_size=4, train=False, num_workers=2)])
     assert torch.equal(got, single)
 
-
-def test_large_batches_on_huge_pages_hold_their_memory(tiny_data_dir, monkeypatch):
-    import gc
-
-    monkeypatch.setattr(data, "_HUGE_PAGE_BATCH", 0)  # every batch takes the mmap path
-    ds = VideoDataset(tiny_data_dir, "val.csv", frames=4, transform=EvalPreset(crop=32), train=False)
-    batch = collate(ds.__getitems__([0, 1, 2]))["video"]
-    gc.collect()
-    assert batch.shape == (3, 3, 4, 32, 32) and batch.dtype == torch.float32 and batch.is_contiguous()
-    assert torch.equal(batch, torch.stack([ds[i]["video"] for i in range(3)]))
-    batch.add_(1)  # writable, and still mapped
-    assert torch.isfinite(batch).all()
