@@ -52,12 +52,13 @@ GPU_MODELS = ("uniformer_b", "mvit_b", "slowfast_r101")
 # sizes of every measurement: full CPU, full CUDA, and --quick (tests)
 SIZES = {
     "cpu": dict(
-        demo_clips_per_class=4, demo_max_clips=32, large_classes=2, large_clips_per_class=4,
+        # demo-size passes of 128 clips and 5 Adapt BN repeats: shorter ones moved by +-0.1 run to run
+        demo_clips_per_class=16, demo_max_clips=128, large_classes=2, large_clips_per_class=4,
         large_size=224, large_frames=32,
-        loader_repeats=2, models=TINY_MODELS, model_frames=8, model_size=64, model_batch=2,
+        loader_repeats=3, models=TINY_MODELS, model_frames=8, model_size=64, model_batch=2,
         amp="none", min_seconds=1.0, attention_model="uniformer_tiny",
         adapt_models=("uniformer_tiny", "slowfast_tiny"), adapt_frames=8, adapt_size=64,
-        adapt_batch=4, adapt_batches=8, adapt_repeats=3, papermill_repeats=3,
+        adapt_batch=4, adapt_batches=16, adapt_repeats=5, papermill_repeats=3,
     ),
     "cuda": dict(
         demo_clips_per_class=4, demo_max_clips=32, large_classes=4, large_clips_per_class=4,
