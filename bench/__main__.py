@@ -131,8 +131,9 @@ def _synthetic_set(cache: Path, *, size: int, clips_per_class: int, num_classes:
     return root
 
 
-def loader_lines(*, sizes: dict, cache: Path, workers: int) -> list[Line]:
-    """Eval and train loader clips/s over raw decord's, at demo size and at 32 x 224."""
+def loader_lines(*, sizes: dict, cache: Path, workers: int, device: str) -> list[Line]:
+    """Eval and train loader clips/s over raw decord's, at demo size and at 32 x 224, and the cost
+    of finishing their uint8 batches on ``device``."""
     from bench import loader
     from kit.config import load_params
 
@@ -157,9 +158,10 @@ def loader_lines(*, sizes: dict, cache: Path, workers: int) -> list[Line]:
     lines = []
     for label, root, opts in settings:
         rows = loader.run_benchmark(
-            root, gamma=ref.eval.gamma, workers=(0, workers), repeats=sizes["loader_repeats"], **opts
+            root, gamma=ref.eval.gamma, workers=(0, workers), repeats=sizes["loader_repeats"], device=device,
+            **opts,
         )
-        by = {(r["loader"], r["workers"]): r for r in rows}
+        by = {(r["loader"], r.get("workers")): r for r in rows}
         for w in (0, workers):
             raw = by[("raw decord", w)]
             lines.append(Line(
@@ -171,8 +173,14 @@ def loader_lines(*, sizes: dict, cache: Path, workers: int) -> list[Line]:
                 lines.append(Line(
                     "loader", f"{name} loader / raw decode, {label}, {w} workers", r["ratio"], "x",
                     "1.0 = no overhead over raw decode", (">=", bound),
-                    note=f"{r['clips_per_s']} vs {raw['clips_per_s']} clips/s",
+                    note=f"{r['clips_per_s']} vs {raw['clips_per_s']} clips/s; uint8 clips, finished on the device",
                 ))
+        for name, what in (("kit eval", "float32, mean/std"), ("kit train", "float32, mean/std, random erasing")):
+            r = by[(f"{name} finish", None)]
+            lines.append(Line(
+                "loader", f"{name} batches finished on {r['device']} ({what}), {label}", r["ms_per_clip"],
+                "ms/clip", "lower is better; runs where the model runs, after the loader",
+            ))
     return lines
 
 
@@ -422,7 +430,7 @@ def _run_sections(*, device: str, quick: bool, demo_run, only, out_dir, command:
         "errors": {},
     }
     jobs = {
-        "loader": lambda: loader_lines(sizes=sizes, cache=out_dir / "cache", workers=workers),
+        "loader": lambda: loader_lines(sizes=sizes, cache=out_dir / "cache", workers=workers, device=device),
         "models": lambda: model_lines(sizes=sizes, device=device),
         "adapt_bn": lambda: adapt_bn_lines(sizes=sizes, device=device),
         "pipeline": lambda: pipeline_lines(sizes=sizes, demo_run=Path(demo_run)),

@@ -7,7 +7,8 @@ Run ``python bench/adapt_bn.py`` (CPU, tiny models, 8 frames x 64 px) or, on a G
 Both passes see the same batches, already in memory, so data loading is left out: the ratio
 measures the model work alone (Adapt BN runs its BatchNorm layers in training mode, which
 computes batch statistics, and inference runs them in eval mode). Each time is the best of
-``repeats`` runs after one warm-up batch; CUDA is synchronised. Autocast (bf16) on CUDA in both.
+``repeats`` runs after one warm-up batch, the two passes taking turns; CUDA is synchronised.
+Autocast (bf16) on CUDA in both.
 
 Measured 2026-11-26 (``--device cuda --models uniformer_b,slowfast_r101 --frames 32 --size 224
 --batch 4 --batches 8``, one H100 80GB, torch 2.11): UniFormer-B 1.06, SlowFast-R101 1.37. The
@@ -46,15 +47,12 @@ def _inference_pass(model, clips, device) -> None:
             model(video)
 
 
-def _best_time(fn, device, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+def _time(fn, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def run_benchmark(
@@ -77,8 +75,11 @@ def run_benchmark(
         model = create_model(name, num_classes=num_classes).to(device)
         n_bn = len(bn_layers(model))
         _inference_pass(model, clips[:1], device)  # warm-up: kernels, allocator
-        infer_s = _best_time(partial(_inference_pass, model, clips, device), device, repeats)
-        adapt_s = _best_time(partial(adapt_bn, model, clips, num_batches=batches, device=device), device, repeats)
+        # the two passes alternate, so that a slow stretch of a shared machine hits both alike
+        infer_s = adapt_s = float("inf")
+        for _ in range(repeats):
+            infer_s = min(infer_s, _time(partial(_inference_pass, model, clips, device), device))
+            adapt_s = min(adapt_s, _time(partial(adapt_bn, model, clips, num_batches=batches, device=device), device))
         rows.append({
             "model": name, "device": str(device), "batches": batches, "batch_size": batch_size, "frames": frames,
             "size": size, "bn_layers": n_bn, "infer_s": round(infer_s, 4), "adapt_s": round(adapt_s, 4),

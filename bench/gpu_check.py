@@ -69,11 +69,11 @@ def main(argv=None) -> int:
     model = create_model(args.model, num_classes=k, drop_path_rate=0.3).to(device)
     train_loader = data.build_loader(
         data.build_dataset(params, "labeled", train=True), batch_size=args.batch, train=True,
-        num_workers=args.workers, pin_memory=cuda,
+        num_workers=args.workers, device=device,
     )
     pool_loader = data.build_loader(
         data.build_dataset(params, "unlabeled", train=False, gamma=0.25), batch_size=args.batch, train=False,
-        num_workers=args.workers,
+        num_workers=args.workers, device=device,
     )
     val_3x3 = data.build_dataset(params, "val", train=False, gamma=0.25, views=3, crops=3)
 

@@ -5,23 +5,25 @@ a temporary folder). For each worker count it times, over the same clips of one 
 
 - ``raw decord``: ``VideoReader(path).get_batch(indices)`` of the eval frame indices, the uint8
   frames batched and delivered to the main process, nothing else;
-- ``kit eval``: :func:`kit.data.build_dataset` with ``train=False`` (decode, gamma, resize, crop,
-  normalise, collate);
-- ``kit train``: ``train=True`` (random indices, RandomResizedCrop, flip, RandAugment and random
-  erasing as the params say).
+- ``kit eval``: the DataLoader of :func:`kit.data.build_loader` over :func:`kit.data.build_dataset`
+  with ``train=False`` (decode, gamma, resize, crop, collate): uint8 clips, as raw decoding gives;
+- ``kit train``: ``train=True`` (random indices, RandomResizedCrop, flip, RandAugment as the
+  params say);
+- ``finish``: what :class:`kit.data.DeviceLoader` then does to those batches where the model runs
+  (float32 conversion, mean/std, and random erasing in training), timed apart on ``device`` in
+  milliseconds per clip: on a GPU it runs beside the model, on a CPU it is the model's thread's.
 
 Each loader runs one warm-up pass (workers start, files enter the page cache), then the best of
 ``repeats`` timed passes. ``run_benchmark(...)`` returns the rows as dicts for a suite. Timings
 are printed, never asserted.
 
-Measured 2026-11-26 on the shared 2-core CPU box (synthetic 64 px, 48-frame clips; 8 frames,
-320 clips, best of 3): defaults (crop 56, gamma 0.25 at eval, no RandAugment) kit eval 0.87x /
-0.84x and kit train 0.83x / 0.81x of raw decord with 0 / 2 workers. With
-``--short-side 72 --crop 64 --randaugment rand-m7-n4-mstd0.5 --random-erasing 0.25``: eval
-0.78x / 0.85x, train 0.51x / 0.61x. RandAugment is timm's policy sampled once per clip and
-applied to the whole clip (:mod:`kit.randaugment`); at 32 frames x 224 px it costs about 34 ms
-per clip on one core (timm's PIL ops frame by frame: 47 ms) against 7 ms for the rest of the
-train transform, so use workers for the reference recipe.
+The latest figures of the suite (``python -m bench``) are in ``bench/RESULTS_CPU.md`` (this 2-core
+CPU box) and ``bench/RESULTS.md`` (H100). Where the time goes at 32 frames x 224, per clip on one
+core (cProfile of the eval loader, 0 workers): decord 17 ms, gamma table 2.7 ms, resize to the
+256 short side 4.8 ms, copy of the crop into the batch 2.2 ms (most of it first touches of fresh
+memory). RandAugment, timm's policy sampled once per clip (:mod:`kit.randaugment`), costs about
+28 ms per clip (two ops fire on average: pointwise ones 3 ms, per-frame PIL ones 9-11 ms,
+geometric ones 21-41 ms, Sharpness 27 ms): use workers for the reference recipe.
 """
 
 from __future__ import annotations
@@ -60,17 +62,33 @@ class RawDecord(Dataset):
         return vr.get_batch(idx.tolist()).asnumpy()
 
 
-def _time_loader(loader, repeats: int) -> tuple[int, float]:
-    """Clips and best seconds of a full pass, after a warm-up pass."""
-    for _ in loader:
-        pass
+def _time_loader(loader, repeats: int) -> tuple[int, float, list]:
+    """Clips and best seconds of a full pass, after a warm-up pass; and the warm-up's batches."""
+    batches = list(loader)
     best, clips = float("inf"), 0
     for _ in range(repeats):
         start, clips = time.perf_counter(), 0
         for batch in loader:
             clips += len(batch["label"]) if isinstance(batch, dict) else len(batch)
         best = min(best, time.perf_counter() - start)
-    return clips, best
+    return clips, best, batches
+
+
+def _time_finish(finish, batches: list, device: torch.device, repeats: int) -> float:
+    """Best milliseconds per clip of ``finish`` over ``batches`` (already on ``device``)."""
+    videos = [b["video"].to(device) for b in batches if b["video"] is not None]
+    clips = sum(len(v) for v in videos)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for v in videos:
+            finish(v)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best / max(clips, 1)
 
 
 def run_benchmark(
@@ -87,8 +105,11 @@ def run_benchmark(
     batch_size: int = 8,
     max_clips: int = 64,
     repeats: int = 2,
+    device: str = "cpu",
 ) -> list[dict]:
-    """Rows ``{loader, workers, clips, seconds, clips_per_s, ratio}``; ratio = clips/s over raw decord's."""
+    """Rows ``{loader, workers, clips, seconds, clips_per_s, ratio}`` (ratio = clips/s over raw
+    decord's), then ``{loader: "kit eval finish" / "kit train finish", device, ms_per_clip}``."""
+    device = torch.device(device)
     root = Path(data_dir)
     clips = data.read_list(root / list_name, None).paths[:max_clips]
     sub = Path(tempfile.mkdtemp(prefix="bench_list_")) / "bench.csv"
@@ -108,7 +129,7 @@ def run_benchmark(
             "models": [{"name": "none"}],
         }
     )
-    rows = []
+    rows, finish = [], {}
     for w in workers:
         loaders = {
             "raw decord": DataLoader(
@@ -133,7 +154,10 @@ def run_benchmark(
         }
         raw = None
         for name, loader in loaders.items():
-            n, sec = _time_loader(loader, repeats)
+            # the kit's loaders without DeviceLoader's last step: uint8 clips, as raw decoding gives
+            n, sec, batches = _time_loader(getattr(loader, "loader", loader), repeats)
+            if name != "raw decord" and name not in finish:
+                finish[name] = _time_finish(loader.finish, batches, device, repeats)
             rate = n / sec
             raw = raw or rate
             rows.append(
@@ -147,6 +171,8 @@ def run_benchmark(
                 }
             )
             log.info("%s", rows[-1])
+    for name, ms in finish.items():
+        rows.append({"loader": f"{name} finish", "device": str(device), "ms_per_clip": round(ms, 3)})
     return rows
 
 
@@ -166,6 +192,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-clips", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
+    ap.add_argument("--device", default="cpu", help="where the batches are finished (cpu, cuda)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -193,11 +220,15 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         max_clips=args.max_clips,
         repeats=args.repeats,
+        device=args.device,
     )
     print(
         f"{'loader':12s} {'workers':>7s} {'clips':>6s} {'seconds':>8s} {'clips/s':>8s} {'ratio':>6s}"
     )
     for r in rows:
+        if "ms_per_clip" in r:
+            print(f"{r['loader']} on {r['device']}: {r['ms_per_clip']:.2f} ms per clip")
+            continue
         print(
             f"{r['loader']:12s} {r['workers']:7d} {r['clips']:6d} {r['seconds']:8.3f} "
             f"{r['clips_per_s']:8.1f} {r['ratio']:6.2f}"

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from kit import distributed as D
+from kit.data import check_finished
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def _clips(batch) -> torch.Tensor | None:
     video = batch["video"] if isinstance(batch, dict) else batch
     if video is None:
         return None
+    check_finished(video)
     return video.flatten(0, 1) if video.ndim == 6 else video
 
 

@@ -8,8 +8,9 @@ A data directory holds ``classes.txt`` (line i = name of class i) and header-les
 Example::
 
     ds = build_dataset(params, "val", train=False, views=2, crops=3)
-    ds[0]["video"].shape                      # (6, 3, T, crop, crop): views x crops, view-major
-    loader = build_loader(ds, batch_size=8, train=False, num_workers=2, seed=0)
+    ds[0]["video"].shape                      # (6, 3, T, crop, crop) uint8: views x crops, view-major
+    loader = build_loader(ds, batch_size=8, train=False, num_workers=2, seed=0, device="cuda")
+    next(iter(loader))["video"]               # (8, 6, 3, T, crop, crop) float32 on the GPU, normalised
 
 Command line: ``python -m kit.data check DATA_DIR [--lists a.csv b.csv]`` prints a report per
 list and exits non-zero on problems.
@@ -37,7 +38,7 @@ from torch.utils.data import (
 )
 
 from kit.sampling import SAMPLINGS, sample_indices
-from kit.transforms import EvalPreset, TrainPreset
+from kit.transforms import EvalPreset, TrainPreset, channels_last, empty_clip
 from kit.video import VideoReadError, open_video
 
 log = logging.getLogger(__name__)
@@ -182,10 +183,11 @@ def resolve_list(root, list_file) -> Path:
 class VideoDataset(Dataset):
     """Clips of a list, decoded with decord and transformed.
 
-    ``dataset[i]`` is ``{"video": float32, "label": int, "index": i}`` (+ ``"probs": (K,)`` for
+    ``dataset[i]`` is ``{"video": uint8, "label": int, "index": i}`` (+ ``"probs": (K,)`` for
     pseudo lists). ``video`` is ``(C, T, H, W)``, or ``(S, C, T, H, W)`` when one clip yields S
     samples: ``num_samples`` augmented copies in training, or ``views * crops`` at evaluation
-    (view-major, see :func:`kit.transforms.tta_combinations`). With ``skip_bad_videos`` a clip
+    (view-major, see :func:`kit.transforms.tta_combinations`). The transform's ``finish`` turns a
+    batch of them into the model's float input (:class:`DeviceLoader`). With ``skip_bad_videos`` a clip
     that cannot be read yields ``{"bad": path_as_listed, "index": i}`` instead of raising
     :class:`kit.video.VideoReadError`.
     """
@@ -290,7 +292,7 @@ class VideoDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """The items of one batch, their videos transformed straight into consecutive slots of
-        one batch tensor (in shared memory inside a DataLoader worker): :func:`collate` then
+        one uint8 batch tensor (in shared memory inside a DataLoader worker): :func:`collate` then
         takes that tensor as it is instead of stacking a copy."""
         shape = self.item_shape()
         if shape is None:
@@ -308,7 +310,7 @@ class VideoDataset(Dataset):
             log.warning("skipping bad video (item %d): %s", i, exc)
             return {"bad": rel, "index": i}
         if out is None and (shape := self.item_shape()) is not None:
-            out = torch.empty(shape, dtype=torch.float32)
+            out = empty_clip(shape)
         item = {
             "video": self._transform(views) if out is None else self._transform_into(views, out),
             "label": int(self.list.labels[i]),
@@ -343,12 +345,20 @@ class VideoDataset(Dataset):
 
 
 def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 batch tensor; inside a DataLoader worker in shared memory, as
+    """An uninitialised uint8 batch of clips ``(B, ..., C, T, H, W)`` stored channels last (see
+    :func:`kit.transforms.empty_clip`); inside a DataLoader worker in shared memory, as
     default_collate allocates, so it crosses to the main process without another copy."""
-    if torch.utils.data.get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
-        return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
-    return torch.empty(shape, dtype=torch.float32)
+    if torch.utils.data.get_worker_info() is None:
+        return empty_clip(shape)
+    *lead, c, t, h, w = shape
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return channels_last(torch.empty(0, dtype=torch.uint8).set_(storage, 0, (*lead, t, h, w, c)))
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    # its elements fill one block of memory without gaps, in some order of its dimensions
+    order = sorted(range(t.ndim), key=lambda d: t.stride(d), reverse=True)
+    return t.permute(*order).is_contiguous()
 
 
 def _slots_of_one_batch(videos: list[torch.Tensor]) -> torch.Tensor | None:
@@ -357,18 +367,18 @@ def _slots_of_one_batch(videos: list[torch.Tensor]) -> torch.Tensor | None:
     first = videos[0]
     n = first.numel()
     storage = first.untyped_storage()
-    if storage.nbytes() != len(videos) * n * first.element_size():
+    if storage.nbytes() != len(videos) * n * first.element_size() or not _is_dense(first):
         return None
     for k, v in enumerate(videos):
         if (
             v.untyped_storage().data_ptr() != storage.data_ptr()
             or v.storage_offset() != k * n
             or v.shape != first.shape
+            or v.stride() != first.stride()
             or v.dtype != first.dtype
-            or not v.is_contiguous()
         ):
             return None
-    return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(videos), *first.shape))
+    return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(videos), *first.shape), (n, *first.stride()))
 
 
 def collate(items: list[dict]) -> dict:
@@ -462,14 +472,17 @@ def build_loader(
     seed: int = 0,
     distributed: bool | None = None,
     drop_last: bool | None = None,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A DataLoader with :func:`collate`: shuffled with a seeded generator in training, in list
-    order otherwise; a :class:`DistributedSampler` when ``torch.distributed`` is initialised
+    device: str | torch.device = "cpu",
+    pin_memory: bool | None = None,
+) -> DeviceLoader:
+    """A :class:`DeviceLoader` over a DataLoader with :func:`collate`: batches arrive on ``device``
+    as the model's float input. Shuffled with a seeded generator in training, in list order
+    otherwise; a :class:`DistributedSampler` when ``torch.distributed`` is initialised
     (``distributed=None``: detect; call ``loader.sampler.set_epoch(epoch)`` each epoch).
     ``drop_last`` defaults to True in training when the data holds more than one batch, so that
-    BatchNorm never sees a batch of one clip.
+    BatchNorm never sees a batch of one clip. ``pin_memory`` defaults to True for a CUDA ``device``.
     """
+    device = torch.device(device)
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     generator = torch.Generator().manual_seed(seed)
@@ -481,7 +494,7 @@ def build_loader(
         sampler = SequentialSampler(dataset)
     if drop_last is None:
         drop_last = train and len(sampler) > batch_size
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -490,8 +503,51 @@ def build_loader(
         generator=generator,
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
-        pin_memory=pin_memory,
+        pin_memory=device.type == "cuda" if pin_memory is None else pin_memory,
     )
+    return DeviceLoader(loader, device, getattr(getattr(dataset, "transform", None), "finish", None))
+
+
+def check_finished(video: torch.Tensor) -> torch.Tensor:
+    """``video`` itself, when it is the model's float input; a clear error for the dataset's raw uint8 clips."""
+    if not video.is_floating_point():
+        raise TypeError(
+            f"the batch holds {video.dtype} clips, not the model's float input: build the loader with "
+            "kit.data.build_loader, which finishes each batch (float32, mean/std) where the model runs"
+        )
+    return video
+
+
+class DeviceLoader:
+    """Batches of a DataLoader moved to ``device`` and finished there: each batch's uint8 ``video``
+    goes through ``finish`` (the transform's :meth:`~kit.transforms.TrainPreset.finish`: float
+    conversion, mean/std, random erasing in training) on ``device``, as timm's PrefetchLoader
+    does. Workers and the host-to-device copy carry a quarter of float32's bytes, and the per-pixel
+    float work runs on the GPU. Everything else (``dataset``, ``sampler``, ``batch_size``,
+    ``num_workers``, ...) is the DataLoader's; ``finish=None`` only moves the video.
+    """
+
+    def __init__(self, loader: DataLoader, device: str | torch.device, finish=None):
+        self.loader, self.device, self.finish = loader, torch.device(device), finish
+
+    def __iter__(self):
+        for batch in self.loader:
+            video = batch.get("video") if isinstance(batch, dict) else None
+            if video is not None:
+                video = video.to(self.device, non_blocking=True)
+                batch["video"] = self.finish(video) if self.finish is not None else video
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        if name in ("loader", "device", "finish"):  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __repr__(self) -> str:
+        return f"DeviceLoader({self.loader.dataset!r}, device={self.device}, batch_size={self.loader.batch_size})"
 
 
 # ---------------------------------------------------------------- check

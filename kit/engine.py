@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 from kit import distributed as D
 from kit.adapt_bn import adapt_bn
 from kit.config import AdaptBNConfig, TrainConfig
+from kit.data import check_finished
 from kit.optim import WarmupCosine, build_optimizer
 from kit.predictions import Predictions
 
@@ -106,6 +107,7 @@ def targets(batch: dict, *, num_classes: int, smoothing: float, soft: bool) -> t
 
 def _flatten_samples(video: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # (B, S, C, T, H, W) -> (B*S, C, T, H, W): each augmented sample is one more clip of the batch
+    check_finished(video)
     if video.ndim == 6:
         s = video.shape[1]
         return video.flatten(0, 1), target.repeat_interleave(s, dim=0)
@@ -308,6 +310,7 @@ def _infer(model: nn.Module, loader, *, device: torch.device, amp: bool, progres
         bad.extend(batch.get("bad", []))
         video = batch["video"]
         if video is not None:
+            check_finished(video)
             b = video.shape[0]
             samples = video.shape[1] if video.ndim == 6 else 1
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
@@ -402,20 +405,20 @@ def predict(
     """Per-clip logits ``(N, K)`` summed over the S = views x crops samples of each clip.
 
     ``dataset_or_loader``: a :class:`kit.data.VideoDataset` (a loader in list order is built,
-    with a DistributedSampler under DDP) or a DataLoader over one. Rows follow the dataset's list
+    with a DistributedSampler under DDP) or a loader over one (:func:`kit.data.build_loader`). Rows follow the dataset's list
     (``dataset.paths``, ``dataset.labels``); clips skipped as unreadable get zero logits (uniform
     probabilities) and are named in ``meta["bad"]``. ``meta`` records views, crops and gamma (from
     the dataset and its transform) plus anything passed in. Under DDP every process returns the
     full predictions; ``save_to`` is written by rank 0 only (see :meth:`Predictions.save`).
     """
     device = torch.device(device)
-    if isinstance(dataset_or_loader, DataLoader):
+    from kit.data import DeviceLoader, build_loader
+
+    if isinstance(dataset_or_loader, (DataLoader, DeviceLoader)):
         loader, dataset = dataset_or_loader, dataset_or_loader.dataset
     else:
-        from kit.data import build_loader
-
         dataset = dataset_or_loader
-        loader = build_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers)
+        loader = build_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers, device=device)
     rows = _infer(model, loader, device=device, amp=amp, progress=progress, desc="predict")
     paths = list(getattr(dataset, "paths", None) or [])
     n = len(dataset)

@@ -136,6 +136,7 @@ def _loader(params: Params, split: str, *, train: bool, gamma, views=1, crops=1,
         train=train,
         num_workers=params.data.num_workers,
         seed=params.seed,
+        device=resolve_device(params),
     )
 
 

@@ -1,16 +1,25 @@
 """Clip transforms: gamma correction, train and eval presets, test-time augmentation (TTA).
 
-Presets take decoded frames, uint8 ``(T, H, W, 3)`` (numpy or torch), and return a normalised
-float32 clip ``(C, T, H, W)``. Resizing, cropping and RandAugment run on uint8 tensors for the
-whole clip at once: RandAugment samples timm's ops once per clip and applies them to every frame
-(:mod:`kit.randaugment`), so that a clip stays one consistent clip.
+Presets work in two parts, as timm's loader with its prefetcher does:
+
+- ``preset(frames)`` runs in the data loader on one clip: decoded frames, uint8 ``(T, H, W, 3)``
+  (numpy or torch), in; a uint8 clip ``(C, T, H, W)`` out, stored channels last (``(T, H, W, C)``
+  in memory, as decoded; see :func:`empty_clip`). Gamma, resizing, cropping, flipping and
+  RandAugment all run on uint8 for the whole clip at once: RandAugment samples timm's ops once per
+  clip and applies them to every frame (:mod:`kit.randaugment`), so that a clip stays one
+  consistent clip.
+- ``preset.finish(videos)`` runs on a batch where the model runs (:class:`kit.data.DeviceLoader`):
+  float32 conversion, mean/std normalisation and, in training, random erasing. A uint8 clip is a
+  quarter of a float32 one through the workers' shared memory and the copy to the GPU, and the
+  per-pixel float work is the GPU's.
 
 Example::
 
     train = TrainPreset(crop=224, randaugment="rand-m7-n4-mstd0.5", random_erasing=0.25)
-    clip = train(frames)                       # (3, T, 224, 224) float32
+    clip = train(frames)                       # (3, T, 224, 224) uint8
+    x = train.finish(clip[None])               # (1, 3, T, 224, 224) float32, normalised, erased
     test = EvalPreset(crop=224, crops=3, gamma=0.25)
-    clips = test(frames)                       # (3 crops, 3, T, 224, 224)
+    clips = test(frames)                       # (3 crops, 3, T, 224, 224) uint8
 """
 
 from __future__ import annotations
@@ -106,27 +115,49 @@ def _to_tchw(frames) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)
 
 
+def channels_last(buffer: torch.Tensor) -> torch.Tensor:
+    """The ``(..., C, T, H, W)`` view of a ``(..., T, H, W, C)`` tensor (no copy)."""
+    n = buffer.ndim - 4
+    return buffer.permute(*range(n), n + 3, n, n + 1, n + 2)
+
+
+def empty_clip(shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised uint8 clip (or stack of clips) of shape ``(..., C, T, H, W)``, stored channels
+    last (``(..., T, H, W, C)`` in memory): a crop of decoded frames copies in row by row."""
+    *lead, c, t, h, w = shape
+    return channels_last(torch.empty((*lead, t, h, w, c), dtype=torch.uint8))
+
+
 def normalize(
-    clip_tchw: torch.Tensor,
+    video: torch.Tensor,
     *,
     mean: Sequence[float] = MEAN,
     std: Sequence[float] = STD,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """uint8 ``(T, C, H, W)`` -> float32 ``(C, T, H, W)`` with ``(x / 255 - mean) / std``.
-
-    ``out``: a float32 ``(C, T, H, W)`` tensor to write into (e.g. a slot of a batch).
-    """
-    t, c, h, w = clip_tchw.shape
+    """uint8 ``(..., C, T, H, W)`` (any memory layout, any device) -> contiguous float32 of the same
+    shape, ``(x / 255 - mean) / std`` per channel. ``out``: a float32 tensor to write into."""
+    if video.dtype != torch.uint8 or video.ndim < 4:
+        raise ValueError(f"normalize takes uint8 (..., C, T, H, W), got {video.dtype} {tuple(video.shape)}")
     if out is None:
-        out = torch.empty((c, t, h, w), dtype=torch.float32)
-    # one converting copy straight into the (C, T, H, W) layout, then two in-place passes
-    out.copy_(clip_tchw.permute(1, 0, 2, 3))
+        out = torch.empty(video.shape, dtype=torch.float32, device=video.device)
+    # one converting copy into the contiguous layout, then two in-place passes
+    out.copy_(video)
     if len(set(std)) == 1 and len(set(mean)) == 1:
         return out.mul_(1.0 / (255.0 * std[0])).sub_(mean[0] / std[0])
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(-1, 1, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)]).view(-1, 1, 1, 1)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=out.device).view(-1, 1, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=out.device).view(-1, 1, 1, 1)
     return out.mul_(scale).sub_(shift)
+
+
+def _into(clip_tchw: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    # a uint8 (T, C, H, W) clip -> its (C, T, H, W) copy in ``out`` (a fresh channels-last clip when None)
+    t, c, h, w = clip_tchw.shape
+    if out is None:
+        out = empty_clip((c, t, h, w))
+    elif out.dtype != torch.uint8 or out.shape != (c, t, h, w):
+        raise ValueError(f"out must be uint8 {(c, t, h, w)}, got {out.dtype} {tuple(out.shape)}")
+    return out.copy_(clip_tchw.permute(1, 0, 2, 3))
 
 
 def _resize_short(clip_tchw: torch.Tensor, short_side: int) -> torch.Tensor:
@@ -140,13 +171,16 @@ def _resize_short(clip_tchw: torch.Tensor, short_side: int) -> torch.Tensor:
 
 
 class TrainPreset:
-    """Training augmentation of one clip: uint8 ``(T, H, W, 3)`` -> float32 ``(C, T, crop, crop)``.
+    """Training augmentation: uint8 ``(T, H, W, 3)`` -> uint8 ``(C, T, crop, crop)`` per clip in the
+    loader, then :meth:`finish` on the batch.
 
-    Gamma (optional), RandomResizedCrop (area ``scale``), horizontal flip with probability
+    Per clip: gamma (optional), RandomResizedCrop (area ``scale``), horizontal flip with probability
     ``hflip``, timm RandAugment (``randaugment`` spec like ``"rand-m7-n4-mstd0.5"``, same ops for
-    every frame, :class:`kit.randaugment.ClipRandAugment`), normalisation, timm RandomErasing with probability ``random_erasing`` (same
+    every frame, :class:`kit.randaugment.ClipRandAugment`). Per batch (:meth:`finish`):
+    normalisation, then timm RandomErasing with probability ``random_erasing`` per clip (the same
     region in every frame). Crop and flip draw from torch's RNG, RandAugment from Python's ``random``
-    and numpy's, erasing from Python's ``random``: DataLoader workers seed all three.
+    and numpy's (DataLoader workers seed all three), erasing from Python's ``random`` and torch's
+    where the batch is finished.
     """
 
     def __init__(
@@ -181,11 +215,7 @@ class TrainPreset:
             }
             self._ra = ClipRandAugment(randaugment, hparams)
         self.random_erasing = float(random_erasing)
-        self._erase = None
-        if self.random_erasing > 0:
-            from timm.data.random_erasing import RandomErasing
-
-            self._erase = RandomErasing(probability=self.random_erasing, mode="pixel", device="cpu")
+        self._erase = {}  # timm RandomErasing per device
 
     def __repr__(self) -> str:
         return (
@@ -198,8 +228,8 @@ class TrainPreset:
         return (len(self.mean), frames, self.crop, self.crop)
 
     def __call__(self, frames, *, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``frames``: uint8 ``(T, H, W, 3)``. Returns float32 ``(C, T, crop, crop)``, written into
-        ``out`` when given (a tensor of :meth:`output_shape`)."""
+        """``frames``: uint8 ``(T, H, W, 3)``. Returns uint8 ``(C, T, crop, crop)``, written into
+        ``out`` when given (a uint8 tensor of :meth:`output_shape`, best made by :func:`empty_clip`)."""
         clip = _to_tchw(apply_gamma(frames, self.gamma))
         top, left, h, w = RandomResizedCrop.get_params(clip, list(self.scale), list(self.ratio))
         clip = TF.resized_crop(clip, top, left, h, w, [self.crop, self.crop], antialias=True)
@@ -207,18 +237,27 @@ class TrainPreset:
             clip = clip.flip(-1)
         if self._ra is not None:
             clip = self._ra(clip)
-        x = normalize(clip, mean=self.mean, std=self.std, out=out)
-        if self._erase is not None:
-            c, t, hh, ww = x.shape
-            # frames of one clip share the erased rectangle: erase the (C*T, H, W) stack at once,
-            # in place (timm's RandomErasing writes into its input)
-            self._erase(x.view(c * t, hh, ww))
+        return _into(clip, out)
+
+    def finish(self, videos: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(..., C, T, H, W)`` clips (on any device) -> normalised float32, randomly erased."""
+        x = normalize(videos, mean=self.mean, std=self.std)
+        if self.random_erasing > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            device = str(x.device)
+            if device not in self._erase:
+                self._erase[device] = RandomErasing(probability=self.random_erasing, mode="pixel", device=device)
+            c, t, h, w = x.shape[-4:]
+            # frames of one clip share the erased rectangle: each clip is erased as one (C*T, H, W)
+            # image, in place (timm's RandomErasing writes into its input)
+            self._erase[device](x.view(-1, c * t, h, w))
         return x
 
 
 class EvalPreset:
-    """Evaluation transform: uint8 ``(T, H, W, 3)`` -> float32 ``(C, T, crop, crop)`` for one crop,
-    or ``(crops, C, T, crop, crop)`` for ``crops=3``.
+    """Evaluation transform: uint8 ``(T, H, W, 3)`` -> uint8 ``(C, T, crop, crop)`` for one crop, or
+    ``(crops, C, T, crop, crop)`` for ``crops=3``; :meth:`finish` normalises a batch of them.
 
     Gamma (optional), resize of the short side to ``short_side`` (default ``crop * 8 / 7``
     rounded), then the centre crop, or 3 crops along the long side (left/centre/right for
@@ -268,24 +307,28 @@ class EvalPreset:
         return one if self.crops == 1 else (self.crops, *one)
 
     def __call__(self, frames, *, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``frames``: uint8 ``(T, H, W, 3)``. Returns ``(C, T, crop, crop)`` or ``(crops, C, T, crop, crop)``,
-        written into ``out`` when given (a float32 tensor of :meth:`output_shape`)."""
+        """``frames``: uint8 ``(T, H, W, 3)``. Returns uint8 ``(C, T, crop, crop)`` or
+        ``(crops, C, T, crop, crop)``, written into ``out`` when given (a uint8 tensor of
+        :meth:`output_shape`, best made by :func:`empty_clip`)."""
         clip = _to_tchw(frames)
         h, w = clip.shape[-2:]
         c = self.crop
         if min(h, w) == self.short_side and self.crops == 1:
             # no resize: gamma on the crop only (it is per pixel)
             top, left = self.crop_boxes(h, w)[0]
-            clip = _to_tchw(apply_gamma(frames[:, top : top + c, left : left + c], self.gamma))
-            return normalize(clip, mean=self.mean, std=self.std, out=out)
+            return _into(_to_tchw(apply_gamma(frames[:, top : top + c, left : left + c], self.gamma)), out)
         clip = _resize_short(_to_tchw(apply_gamma(frames, self.gamma)), self.short_side)
         h, w = clip.shape[-2:]
         if out is None:
-            out = torch.empty(self.output_shape(clip.shape[0]), dtype=torch.float32)
+            out = empty_clip(self.output_shape(clip.shape[0]))
         slots = out.unsqueeze(0) if self.crops == 1 else out
         for slot, (top, left) in zip(slots, self.crop_boxes(h, w), strict=True):
-            normalize(clip[..., top : top + c, left : left + c], mean=self.mean, std=self.std, out=slot)
+            _into(clip[..., top : top + c, left : left + c], slot)
         return out
+
+    def finish(self, videos: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(..., C, T, H, W)`` clips (on any device) -> normalised float32."""
+        return normalize(videos, mean=self.mean, std=self.std)
 
 
 def tta_combinations(*, views: int, crops: int) -> Iterator[tuple[int, int, int]]:

@@ -69,6 +69,8 @@ def test_quick_suite_writes_every_section(tmp_path, capsys):
     assert sum(m.startswith(f"{run_dir} stage ") for m in by) == len(names)
     ratios = [d for d in report["lines"] if d["section"] == "loader" and d["unit"] == "x"]
     assert {d["target"][1] for d in ratios} == {0.8, 0.6}  # eval and train loader targets
+    finish = [d for d in report["lines"] if d["section"] == "loader" and d["unit"] == "ms/clip"]
+    assert len(finish) == 4 and all(d["value"] > 0 and "finished on cpu" in d["measured"] for d in finish)
     assert any("SDPA / plain" in m for m in by)
 
     text = md.read_text()

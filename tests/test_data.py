@@ -1,3 +1,5 @@
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ from kit import data
 from kit.config import params_from_dict
 from kit.data import (
     DataListError,
+    DeviceLoader,
     VideoDataset,
     build_dataset,
     build_loader,
@@ -16,7 +19,7 @@ from kit.data import (
     write_list,
 )
 from kit.sampling import uniform_indices
-from kit.transforms import EvalPreset, TrainPreset
+from kit.transforms import EvalPreset, TrainPreset, empty_clip, normalize
 from kit.video import VideoReadError, write_mp4
 
 RAW = dict(mean=(0, 0, 0), std=(1, 1, 1))  # transforms that keep x / 255
@@ -107,7 +110,7 @@ def test_eval_item_has_the_frames_of_uniform_sampling(tmp_path):
     assert set(item) == {"video", "label", "index"} and item["label"] == 0 and item["index"] == 0
     assert item["video"].shape == (2, 3, 4, 64, 64)
     for v in range(2):
-        got = item["video"][v].mean(dim=(0, 2, 3)) * 255
+        got = item["video"][v].float().mean(dim=(0, 2, 3))
         want = levels[uniform_indices(20, 4, train=False, views=2, view=v)]
         assert np.allclose(got.numpy(), want, atol=3), (v, got, want)
 
@@ -122,7 +125,7 @@ def test_dataset_shapes_train_eval_and_probs(tiny_data_dir):
         num_samples=2,
     )
     item = train[3]
-    assert item["video"].shape == (2, 3, 4, 32, 32) and item["video"].dtype == torch.float32
+    assert item["video"].shape == (2, 3, 4, 32, 32) and item["video"].dtype == torch.uint8
     assert item["label"] == 1 and item["index"] == 3
     ev = VideoDataset(
         tiny_data_dir,
@@ -246,7 +249,7 @@ def test_build_dataset_from_params(tiny_data_dir):
     off = build_dataset(params, str(tiny_data_dir / "unlabeled.csv"), train=False, gamma=None)
     assert off.transform.gamma is None and len(off) == 3
     dark, bright = off[0]["video"], build_dataset(params, "unlabeled", train=False)[0]["video"]
-    assert bright.mean() > dark.mean() + 0.5  # gamma 0.25 lifts a dark clip
+    assert bright.float().mean() > dark.float().mean() + 30  # gamma 0.25 lifts a dark clip
     with pytest.raises(ValueError, match="params.data.test is null"):
         build_dataset(_params(tiny_data_dir, test=None), "test", train=False)
 
@@ -268,11 +271,16 @@ def test_build_loader_with_workers_reproduces_clips(tiny_data_dir):
     ds = build_dataset(_params(tiny_data_dir), "labeled", train=True)
 
     def run():
+        # workers draw crops, flips and RandAugment from the loader's seed; random erasing, where
+        # the batch is finished, from the process's RNGs
+        random.seed(0)
+        torch.manual_seed(0)
         loader = build_loader(ds, batch_size=3, train=True, num_workers=2, seed=3)
         assert loader.persistent_workers
         return torch.cat([b["video"] for b in loader])
 
-    assert torch.equal(run(), run())
+    first = run()
+    assert first.dtype == torch.float32 and torch.equal(first, run())
 
 
 # ---------------------------------------------------------------- check
@@ -384,6 +392,41 @@ def test_transform_without_output_shape_is_stacked(tiny_data_dir):
 def test_loader_with_workers_gives_the_in_place_batches(tiny_data_dir):
     ds = build_dataset(_params(tiny_data_dir), "labeled", train=False)
     single = torch.stack([ds[i]["video"] for i in range(len(ds))])
-    got = torch.cat([b["video"] for b in build_loader(ds, batch_size=4, train=False, num_workers=2)])
-    assert torch.equal(got, single)
+    loader = build_loader(ds, batch_size=4, train=False, num_workers=2)
+    raw = [b["video"] for b in loader.loader]  # the DataLoader's uint8 batches, channels last
+    assert all(b.dtype == torch.uint8 and b.stride() == empty_clip(b.shape).stride() for b in raw)
+    assert torch.equal(torch.cat(raw), single)
+    got = torch.cat([b["video"] for b in loader])  # finished: float32, normalised
+    assert torch.allclose(got, ds.transform.finish(single))
 
+
+
+def test_device_loader_finishes_batches_and_exposes_the_data_loader(tiny_data_dir):
+    _bad_dir(tiny_data_dir)
+    write_list(tiny_data_dir / "half.csv", ["labeled/drink_0.mp4", "missing.mp4"], [0, 0])
+    preset = TrainPreset(crop=32, random_erasing=1.0)
+    ds = VideoDataset(tiny_data_dir, "half.csv", frames=4, transform=preset, train=True, skip_bad_videos=True)
+    loader = build_loader(ds, batch_size=2, train=True)
+    assert isinstance(loader, DeviceLoader) and loader.device == torch.device("cpu")
+    assert loader.dataset is ds and loader.batch_size == 2 and len(loader) == len(loader.loader) == 1
+    assert loader.finish == preset.finish and not loader.pin_memory  # pinned only for CUDA
+    torch.manual_seed(0)
+    random.seed(0)
+    (batch,) = list(loader)
+    assert batch["bad"] == ["missing.mp4"] and batch["video"].dtype == torch.float32
+    assert batch["video"].shape == (1, 3, 4, 32, 32)
+    # the same draws: the DataLoader's uint8 batch, finished (normalised, then erased)
+    torch.manual_seed(0)
+    random.seed(0)
+    (raw,) = list(loader.loader)
+    assert raw["video"].dtype == torch.uint8
+    assert torch.equal(batch["video"], preset.finish(raw["video"]))
+    assert not torch.equal(batch["video"], normalize(raw["video"]))  # erased
+    # an all-bad batch passes through with video None; finish=None only moves the video
+    write_list(tiny_data_dir / "none.csv", ["missing.mp4", "empty.mp4"], [0, 1])
+    only_bad = VideoDataset(tiny_data_dir, "none.csv", frames=4, transform=EvalPreset(crop=32), train=False,
+                            skip_bad_videos=True)
+    assert [b["video"] for b in build_loader(only_bad, batch_size=2, train=False)] == [None]
+    good = VideoDataset(tiny_data_dir, "labeled.csv", frames=4, transform=EvalPreset(crop=32), train=False)
+    plain = DeviceLoader(build_loader(good, batch_size=2, train=False).loader, "cpu")
+    assert next(iter(plain))["video"].dtype == torch.uint8

@@ -286,6 +286,15 @@ def test_fit_predict_on_real_videos_with_uniformer_tiny(tiny_data_dir, tmp_path)
     preds = engine.predict(net, val, device="cpu", batch_size=2, progress=False)
     assert preds.scores.shape == (3, k) and preds.paths == val.paths
     assert (preds.meta["views"], preds.meta["crops"], preds.meta["gamma"], preds.meta["samples_per_clip"]) == (2, 3, 0.25, 6)
+    # a plain DataLoader gives the dataset's uint8 clips: a clear error, not a dtype crash in the model
+    from kit.adapt_bn import adapt_bn
+    from kit.data import collate
+
+    raw = DataLoader(val, batch_size=2, collate_fn=collate)
+    with pytest.raises(TypeError, match="build_loader"):
+        engine.predict(net, raw, device="cpu", progress=False)
+    with pytest.raises(TypeError, match="uint8 clips"):
+        adapt_bn(net, raw, device="cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -9,6 +9,8 @@ from kit.transforms import (
     EvalPreset,
     TrainPreset,
     apply_gamma,
+    channels_last,
+    empty_clip,
     gamma_lut,
     normalize,
     tta_combinations,
@@ -44,10 +46,20 @@ def test_apply_gamma_numpy_tensor_and_off():
 
 
 def test_normalize_layout_and_values():
-    x = torch.full((4, 3, 8, 8), 115, dtype=torch.uint8)  # 115/255 = 0.451
-    out = normalize(x)
-    assert out.shape == (3, 4, 8, 8) and out.dtype == torch.float32
+    x = torch.full((2, 3, 4, 8, 8), 115, dtype=torch.uint8)  # 115/255 = 0.451
+    out = normalize(channels_last(x.permute(0, 2, 3, 4, 1).contiguous()))  # channels-last in memory
+    assert out.shape == (2, 3, 4, 8, 8) and out.dtype == torch.float32 and out.is_contiguous()
     assert torch.allclose(out, torch.full_like(out, (115 / 255 - 0.45) / 0.225))
+    with pytest.raises(ValueError, match="uint8"):
+        normalize(out)
+
+
+def test_empty_clip_is_channels_last_in_memory():
+    clip = empty_clip((3, 5, 16, 24))
+    assert clip.shape == (3, 5, 16, 24) and clip.dtype == torch.uint8
+    assert clip.stride() == (1, 16 * 24 * 3, 24 * 3, 3)
+    crops = empty_clip((2, 3, 5, 16, 24))
+    assert crops.shape == (2, 3, 5, 16, 24) and crops[1].stride() == clip.stride()
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
@@ -55,7 +67,10 @@ def test_train_preset_shape_dtype(as_tensor):
     frames = _clip(t=5, h=64, w=96)
     preset = TrainPreset(crop=32, randaugment="rand-m7-n4-mstd0.5", random_erasing=0.25)
     out = preset(torch.from_numpy(frames) if as_tensor else frames)
-    assert out.shape == (3, 5, 32, 32) and out.dtype == torch.float32
+    assert out.shape == (3, 5, 32, 32) and out.dtype == torch.uint8
+    assert out.stride() == empty_clip(out.shape).stride()
+    x = preset.finish(out[None])
+    assert x.shape == (1, 3, 5, 32, 32) and x.dtype == torch.float32
 
 
 def test_train_preset_randaugment_same_ops_for_every_frame():
@@ -67,62 +82,71 @@ def test_train_preset_randaugment_same_ops_for_every_frame():
         assert all(torch.equal(out[:, 0], out[:, i]) for i in range(1, 6))
 
 
-def test_train_preset_erases_the_same_rectangle_in_every_frame():
+def test_train_preset_erases_the_same_rectangle_in_every_frame_of_each_clip():
     still = np.repeat(_clip(t=1), 3, axis=0)
     preset = TrainPreset(crop=48, scale=(1, 1), ratio=(1, 1), hflip=0.0, random_erasing=1.0)
-    plain = TrainPreset(crop=48, scale=(1, 1), ratio=(1, 1), hflip=0.0)(still)
-    out = preset(still)
-    changed = [(out[:, i] != plain[:, i]).any(0) for i in range(3)]
-    assert changed[0].any() and changed[0].float().mean() < 1
-    rows, cols = torch.nonzero(changed[0], as_tuple=True)
-    box = changed[0][rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    assert box.float().mean() > 0.95  # a filled rectangle
-    for c in changed[1:]:
-        assert torch.equal(c, changed[0])
+    clip = preset(still)
+    plain = preset.finish.__func__(TrainPreset(crop=48), clip[None])[0]  # normalised, not erased
+    random.seed(0)
+    out = preset.finish(torch.stack([clip, clip]))  # a batch of two copies of one clip
+    boxes = []
+    for x in out:
+        changed = [(x[:, i] != plain[:, i]).any(0) for i in range(3)]
+        assert changed[0].any() and changed[0].float().mean() < 1
+        rows, cols = torch.nonzero(changed[0], as_tuple=True)
+        box = changed[0][rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.float().mean() > 0.95  # a filled rectangle
+        for c in changed[1:]:
+            assert torch.equal(c, changed[0])
+        boxes.append(changed[0])
+    assert not torch.equal(boxes[0], boxes[1])  # each clip draws its own rectangle
 
 
 def test_train_preset_flip_and_gamma():
     frames = _clip(t=2, seed=3)
-    kw = dict(crop=64, scale=(1, 1), ratio=(1, 1), mean=(0, 0, 0), std=(1, 1, 1))
+    kw = dict(crop=64, scale=(1, 1), ratio=(1, 1))
     plain = TrainPreset(hflip=0.0, **kw)(frames)
+    assert torch.equal(plain, torch.from_numpy(frames).permute(3, 0, 1, 2))
     flipped = TrainPreset(hflip=1.0, **kw)(frames)
-    assert torch.allclose(flipped, plain.flip(-1))
+    assert torch.equal(flipped, plain.flip(-1))
     bright = TrainPreset(hflip=0.0, gamma=0.25, **kw)(frames)
-    expected = torch.from_numpy(gamma_lut(0.25)[frames]).permute(3, 0, 1, 2).float() / 255
-    assert torch.allclose(bright, expected)
+    assert torch.equal(bright, torch.from_numpy(gamma_lut(0.25)[frames]).permute(3, 0, 1, 2))
     with pytest.raises(ValueError):
         TrainPreset(crop=32, scale=(0.5, 1.5))
 
 
 def test_eval_preset_centre_crop_shape():
     out = EvalPreset(crop=32, short_side=40)(_clip(t=3, h=64, w=96))
-    assert out.shape == (3, 3, 32, 32) and out.dtype == torch.float32
+    assert out.shape == (3, 3, 32, 32) and out.dtype == torch.uint8
     assert EvalPreset(crop=56).short_side == 64  # default crop * 8 / 7
 
 
 def test_eval_preset_three_crops_left_centre_right():
     frames = _clip(t=2, h=64, w=96, seed=1)
-    kw = dict(crop=64, short_side=64, mean=(0, 0, 0), std=(1, 1, 1))
+    kw = dict(crop=64, short_side=64)
     out = EvalPreset(crops=3, **kw)(frames)
     assert out.shape == (3, 3, 2, 64, 64)
-    full = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255
+    full = torch.from_numpy(frames).permute(3, 0, 1, 2)
     for k, left in enumerate([0, 16, 32]):
-        assert torch.allclose(out[k], full[..., left : left + 64])
-    assert torch.allclose(EvalPreset(crops=1, **kw)(frames), out[1])
+        assert torch.equal(out[k], full[..., left : left + 64])
+    assert torch.equal(EvalPreset(crops=1, **kw)(frames), out[1])
 
 
 def test_eval_preset_three_crops_top_centre_bottom_on_portrait():
     frames = _clip(t=2, h=96, w=64, seed=2)
-    out = EvalPreset(crop=64, short_side=64, crops=3, mean=(0, 0, 0), std=(1, 1, 1))(frames)
-    full = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255
+    out = EvalPreset(crop=64, short_side=64, crops=3)(frames)
+    full = torch.from_numpy(frames).permute(3, 0, 1, 2)
     for k, top in enumerate([0, 16, 32]):
-        assert torch.allclose(out[k], full[..., top : top + 64, :])
+        assert torch.equal(out[k], full[..., top : top + 64, :])
 
 
-def test_eval_preset_gamma_and_errors():
+def test_eval_preset_gamma_finish_and_errors():
     dark = np.full((2, 64, 64, 3), 16, dtype=np.uint8)
-    out = EvalPreset(crop=64, short_side=64, gamma=0.25)(dark)
-    assert torch.allclose(out, torch.full_like(out, (gamma_lut(0.25)[16] / 255 - 0.45) / 0.225))
+    preset = EvalPreset(crop=64, short_side=64, gamma=0.25)
+    out = preset(dark)
+    assert torch.equal(out, torch.full_like(out, int(gamma_lut(0.25)[16])))
+    x = preset.finish(out[None])
+    assert torch.allclose(x, torch.full_like(x, (gamma_lut(0.25)[16] / 255 - 0.45) / 0.225))
     with pytest.raises(ValueError, match="crops"):
         EvalPreset(crop=32, crops=2)
     with pytest.raises(ValueError, match="short_side"):
@@ -147,17 +171,17 @@ def test_fast_gamma_equals_the_8_bit_table(shape):
     assert np.array_equal(apply_gamma(frames[:, ::2], 0.25), gamma_lut(0.25)[frames[:, ::2]])  # a strided view
 
 
-def _old_normalize(clip_tchw, mean, std):
+def _reference_normalize(clip_cthw, mean, std):
     # the two-step reference: x / 255, then (x - mean) / std
-    x = clip_tchw.permute(1, 0, 2, 3).float() / 255
+    x = clip_cthw.float() / 255
     return (x - torch.tensor(mean).view(-1, 1, 1, 1)) / torch.tensor(std).view(-1, 1, 1, 1)
 
 
 @pytest.mark.parametrize("mean, std", [((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
                                        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
 def test_normalize_matches_the_reference_and_writes_into_out(mean, std):
-    clip = torch.from_numpy(_clip(t=3, h=20, w=24)).permute(0, 3, 1, 2)  # channels-last view
-    ref = _old_normalize(clip, mean, std)
+    clip = torch.from_numpy(_clip(t=3, h=20, w=24)).permute(3, 0, 1, 2)  # channels-last view
+    ref = _reference_normalize(clip, mean, std)
     assert torch.allclose(normalize(clip, mean=mean, std=std), ref, atol=1e-5)
     out = torch.full((3, 3, 20, 24), float("nan"))
     assert normalize(clip, mean=mean, std=std, out=out) is out
@@ -170,24 +194,27 @@ def test_normalize_matches_the_reference_and_writes_into_out(mean, std):
 def test_eval_preset_matches_the_reference_path_and_fills_out(kw, frames):
     preset = EvalPreset(**kw)
     out = preset(frames)
-    assert out.shape == preset.output_shape(len(frames))
-    # reference: gamma on the whole frame, resize, crop, then normalise
+    assert out.shape == preset.output_shape(len(frames)) and out.dtype == torch.uint8
+    # reference: gamma on the whole frame, resize, crop
     clip = torch.from_numpy(apply_gamma(frames, preset.gamma)).permute(0, 3, 1, 2)
     if min(clip.shape[-2:]) != preset.short_side:
         clip = TF.resize(clip, [preset.short_side], antialias=True)
     c = preset.crop
-    refs = [_old_normalize(clip[..., top : top + c, left : left + c], preset.mean, preset.std)
+    refs = [clip[..., top : top + c, left : left + c].permute(1, 0, 2, 3)
             for top, left in preset.crop_boxes(*clip.shape[-2:])]
     ref = refs[0] if preset.crops == 1 else torch.stack(refs)
-    assert torch.allclose(out, ref, atol=1e-5)
-    slot = torch.empty(preset.output_shape(len(frames)))
+    assert torch.equal(out, ref)
+    slot = empty_clip(preset.output_shape(len(frames)))
     assert preset(frames, out=slot) is slot and torch.equal(slot, out)
+    assert torch.allclose(preset.finish(out), _reference_normalize(ref, preset.mean, preset.std), atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        preset(frames, out=torch.empty(preset.output_shape(len(frames))))
 
 
 def test_train_preset_writes_into_out():
     frames = _clip(t=3)
     preset = TrainPreset(crop=32, randaugment="rand-m7-n4-mstd0.5", random_erasing=0.5)
-    slot = torch.empty(preset.output_shape(3))
+    slot = empty_clip(preset.output_shape(3))
     torch.manual_seed(0)
     random.seed(0)
     np.random.seed(0)
