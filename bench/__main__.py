@@ -53,7 +53,7 @@ GPU_MODELS = ("uniformer_b", "mvit_b", "slowfast_r101")
 SIZES = {
     "cpu": dict(
         # demo-size passes of 128 clips and 5 Adapt BN repeats: shorter ones moved by +-0.1 run to run
-        demo_clips_per_class=16, demo_max_clips=128, large_classes=2, large_clips_per_class=4,
+        demo_clips_per_class=16, demo_max_clips=128, large_classes=2, large_clips_per_class=8,
         large_size=224, large_frames=32,
         loader_repeats=3, models=TINY_MODELS, model_frames=8, model_size=64, model_batch=2,
         amp="none", min_seconds=1.0, attention_model="uniformer_tiny",

@@ -14,7 +14,7 @@ a temporary folder). For each worker count it times, over the same clips of one 
   milliseconds per clip: on a GPU it runs beside the model, on a CPU it is the model's thread's.
 
 Each loader runs one warm-up pass (workers start, files enter the page cache), then the best of
-``repeats`` timed passes. ``run_benchmark(...)`` returns the rows as dicts for a suite. Timings
+``repeats`` timed passes, the three loaders taking turns. ``run_benchmark(...)`` returns the rows as dicts for a suite. Timings
 are printed, never asserted.
 
 The latest figures of the suite (``python -m bench``) are in ``bench/RESULTS_CPU.md`` (this 2-core
@@ -62,16 +62,21 @@ class RawDecord(Dataset):
         return vr.get_batch(idx.tolist()).asnumpy()
 
 
-def _time_loader(loader, repeats: int) -> tuple[int, float, list]:
-    """Clips and best seconds of a full pass, after a warm-up pass; and the warm-up's batches."""
-    batches = list(loader)
-    best, clips = float("inf"), 0
+def _time_loaders(loaders: dict, repeats: int) -> dict:
+    """``{name: (clips, best seconds of a full pass, the warm-up pass's batches)}``. After one warm-up
+    pass each, the loaders take turns, one pass at a time, so that a slow stretch of a shared
+    machine hits them alike."""
+    warm = {name: list(loader) for name, loader in loaders.items()}
+    best = dict.fromkeys(loaders, float("inf"))
+    clips = dict.fromkeys(loaders, 0)
     for _ in range(repeats):
-        start, clips = time.perf_counter(), 0
-        for batch in loader:
-            clips += len(batch["label"]) if isinstance(batch, dict) else len(batch)
-        best = min(best, time.perf_counter() - start)
-    return clips, best, batches
+        for name, loader in loaders.items():
+            start, n = time.perf_counter(), 0
+            for batch in loader:
+                n += len(batch["label"]) if isinstance(batch, dict) else len(batch)
+            best[name] = min(best[name], time.perf_counter() - start)
+            clips[name] = n
+    return {name: (clips[name], best[name], warm[name]) for name in loaders}
 
 
 def _time_finish(finish, batches: list, device: torch.device, repeats: int) -> float:
@@ -152,12 +157,12 @@ def run_benchmark(
                 drop_last=False,
             ),
         }
+        # the kit's loaders without DeviceLoader's last step: uint8 clips, as raw decoding gives
+        timed = _time_loaders({name: getattr(ld, "loader", ld) for name, ld in loaders.items()}, repeats)
         raw = None
-        for name, loader in loaders.items():
-            # the kit's loaders without DeviceLoader's last step: uint8 clips, as raw decoding gives
-            n, sec, batches = _time_loader(getattr(loader, "loader", loader), repeats)
+        for name, (n, sec, batches) in timed.items():
             if name != "raw decord" and name not in finish:
-                finish[name] = _time_finish(loader.finish, batches, device, repeats)
+                finish[name] = _time_finish(loaders[name].finish, batches, device, repeats)
             rate = n / sec
             raw = raw or rate
             rows.append(
