@@ -18,12 +18,8 @@ Each loader runs one warm-up pass (workers start, files enter the page cache), t
 are printed, never asserted.
 
 The latest figures of the suite (``python -m bench``) are in ``bench/RESULTS_CPU.md`` (this 2-core
-CPU box) and ``bench/RESULTS.md`` (H100). Where the time goes at 32 frames x 224, per clip on one
-core (cProfile of the eval loader, 0 workers): decord 17 ms, gamma table 2.7 ms, resize to the
-256 short side 4.8 ms, copy of the crop into the batch 2.2 ms (most of it first touches of fresh
-memory). RandAugment, timm's policy sampled once per clip (:mod:`kit.randaugment`), costs about
-28 ms per clip (two ops fire on average: pointwise ones 3 ms, per-frame PIL ones 9-11 ms,
-geometric ones 21-41 ms, Sharpness 27 ms): use workers for the reference recipe.
+CPU box) and ``bench/RESULTS.md`` (H100); ``python -m bench.profile loader [--train]`` and
+``python -m bench.profile randaugment`` show where a loader's time goes.
 """
 
 from __future__ import annotations

@@ -430,3 +430,14 @@ def test_device_loader_finishes_batches_and_exposes_the_data_loader(tiny_data_di
     good = VideoDataset(tiny_data_dir, "labeled.csv", frames=4, transform=EvalPreset(crop=32), train=False)
     plain = DeviceLoader(build_loader(good, batch_size=2, train=False).loader, "cpu")
     assert next(iter(plain))["video"].dtype == torch.uint8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_device_loader_finishes_on_the_gpu(tiny_data_dir):
+    ds = build_dataset(_params(tiny_data_dir), "labeled", train=False)
+    loader = build_loader(ds, batch_size=4, train=False, num_workers=2, device="cuda")
+    assert loader.pin_memory
+    batches = list(loader)
+    assert all(b["video"].is_cuda and b["video"].dtype == torch.float32 for b in batches)
+    on_cpu = torch.cat([b["video"] for b in build_loader(ds, batch_size=4, train=False)])
+    assert torch.allclose(torch.cat([b["video"] for b in batches]).cpu(), on_cpu, atol=1e-6)

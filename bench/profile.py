@@ -1,0 +1,158 @@
+"""Where the time of a missed target goes: profiles of the loaders and of Adapt BN.
+
+::
+
+    python -m bench.profile loader [--train] [--clips 16] [--passes 3] [--top 12]
+    python -m bench.profile randaugment [--spec rand-m7-n4-mstd0.5]
+    python -m bench.profile adapt_bn [--model slowfast_tiny] [--batches 16]
+
+``loader``: cProfile of the kit's eval (or ``--train``) DataLoader at 32 frames x 224 with the
+reference recipe's augmentations (``params/arid_uniformer_b32_k600.yaml``), 0 workers, over the
+synthetic set that ``python -m bench`` caches in ``outputs/bench/cache`` (generated when missing).
+Prints the functions with the most time of their own, in milliseconds per clip.
+
+``randaugment``: milliseconds of each of timm's ops on one clip of 32 frames x 224 (one core,
+best of 5), as :class:`kit.randaugment.ClipRandAugment` applies it, and the mean cost per clip of
+the policy (ops x probability that each fires).
+
+``adapt_bn``: the torch profiler over one inference pass and one Adapt BN pass of the same
+batches (as ``bench/adapt_bn.py`` times them), printing each pass's total and the operators
+whose time differs most between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+from pathlib import Path
+
+import torch
+
+from bench.__main__ import REFERENCE_PARAMS, _synthetic_set
+
+
+def profile_loader(
+    *, train: bool, clips: int, passes: int, top: int, cache: Path, size: int = 224, frames: int = 32
+) -> list[tuple[str, float]]:
+    """``[(function, ms per clip of its own time)]``, most first, for the ``frames`` x ``size`` loader."""
+    from kit import data
+    from kit.config import load_params
+
+    root = _synthetic_set(cache, size=size, clips_per_class=max(1, clips // 2), num_classes=2)
+    ref = load_params(
+        REFERENCE_PARAMS, [f"data.root={root}", "data.num_samples=1", f"data.frames={frames}", f"data.crop={size}"]
+    )
+    ds = data.build_dataset(ref, "labeled", train=train, gamma=None if train else ref.eval.gamma)
+    loader = data.build_loader(ds, batch_size=4, train=train, drop_last=False).loader  # the uint8 batches
+    for _ in loader:  # warm-up: files into the page cache
+        pass
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(passes):
+        for _ in loader:
+            pass
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (calls, primitive, own, cumulative, callers)}
+    n = passes * len(ds)
+    rows = [(f"{Path(f).name}:{line}({name})", own * 1000 / n) for (f, line, name), (_, _, own, _, _) in stats.items()]
+    return sorted(rows, key=lambda r: -r[1])[:top]
+
+
+def profile_randaugment(*, spec: str, repeats: int = 5) -> tuple[list[tuple[str, float]], float]:
+    """``[(op, ms on one 32 x 224 clip)]``, and the policy's expected ms per clip."""
+    import random
+    import time
+
+    import numpy as np
+
+    from kit.randaugment import ClipRandAugment
+
+    ra = ClipRandAugment(spec, {"translate_const": int(224 * 0.45), "img_mean": (115, 115, 115)})
+    clip = torch.from_numpy(np.random.default_rng(0).integers(0, 90, (32, 224, 224, 3), dtype=np.uint8))
+    clip = clip.permute(0, 3, 1, 2)  # (T, C, H, W) stored channels last, as the crop leaves it
+    random.seed(0)
+    calls, plans = {}, [ra.sample() for _ in range(2000)]
+    for plan in plans:
+        for name, args, kwargs in plan:
+            calls.setdefault(name, (args, kwargs))
+    rows = []
+    for name, (args, kwargs) in sorted(calls.items()):
+        best = float("inf")
+        for _ in range(repeats + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            ra.apply(clip, name, args, kwargs)
+            best = min(best, time.perf_counter() - start)
+        rows.append((name, best * 1000))
+    cost = dict(rows)
+    per_clip = sum(cost[name] for plan in plans for name, _, _ in plan) / len(plans)
+    return rows, per_clip
+
+
+def profile_adapt_bn(*, model: str, batches: int, top: int) -> tuple[dict, list[tuple[str, float, float, int]]]:
+    """Total ms of each pass, and ``[(operator, inference ms, Adapt BN ms, calls)]`` by difference."""
+    from torch.profiler import profile
+
+    from bench.adapt_bn import _inference_pass
+    from kit.adapt_bn import adapt_bn
+    from kit.models import create_model
+
+    device = torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.randn(4, 3, 8, 64, 64, generator=g) for _ in range(batches)]
+    net = create_model(model, num_classes=11)
+    _inference_pass(net, clips, device)  # warm-up
+    adapt_bn(net, clips, num_batches=batches, device=device)
+    passes = {}
+    for name, run in (("inference", lambda: _inference_pass(net, clips, device)),
+                      ("adapt_bn", lambda: adapt_bn(net, clips, num_batches=batches, device=device))):
+        with profile() as prof:
+            run()
+        passes[name] = {e.key: (e.self_cpu_time_total / 1000, e.count) for e in prof.key_averages()}
+    totals = {name: sum(ms for ms, _ in ops.values()) for name, ops in passes.items()}
+    keys = set(passes["inference"]) | set(passes["adapt_bn"])
+    rows = [(k, passes["inference"].get(k, (0.0, 0))[0], *passes["adapt_bn"].get(k, (0.0, 0))) for k in keys]
+    rows.sort(key=lambda r: -abs(r[2] - r[1]))
+    return totals, rows[:top]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    lo = sub.add_parser("loader", help="cProfile of the 32 x 224 loader")
+    lo.add_argument("--train", action="store_true", help="the train loader (default: eval)")
+    lo.add_argument("--clips", type=int, default=16)
+    lo.add_argument("--passes", type=int, default=3)
+    lo.add_argument("--top", type=int, default=12)
+    lo.add_argument("--cache", default="outputs/bench/cache")
+    ra = sub.add_parser("randaugment", help="each RandAugment op on a 32 x 224 clip")
+    ra.add_argument("--spec", default="rand-m7-n4-mstd0.5")
+    ab = sub.add_parser("adapt_bn", help="torch profiler of inference and Adapt BN")
+    ab.add_argument("--model", default="slowfast_tiny")
+    ab.add_argument("--batches", type=int, default=16)
+    ab.add_argument("--top", type=int, default=8)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.what == "loader":
+        rows = profile_loader(train=args.train, clips=args.clips, passes=args.passes, top=args.top, cache=Path(args.cache))
+        print(f"{'train' if args.train else 'eval'} loader, 32 x 224, 0 workers: own time per clip")
+        for name, ms in rows:
+            print(f"{ms:8.2f} ms  {name}")
+    elif args.what == "randaugment":
+        rows, per_clip = profile_randaugment(spec=args.spec)
+        print(f"{args.spec} on 32 x 224 x 224, one core: ms per op")
+        for name, ms in rows:
+            print(f"{ms:8.2f} ms  {name}")
+        print(f"{per_clip:8.2f} ms  per clip on average (the ops of 2000 sampled plans)")
+    else:
+        totals, rows = profile_adapt_bn(model=args.model, batches=args.batches, top=args.top)
+        print(f"{args.model}, {args.batches} batches of 4 x 8 x 64, 1 thread: inference {totals['inference']:.1f} ms, "
+              f"Adapt BN {totals['adapt_bn']:.1f} ms (profiled, so slower than timed)")
+        print(f"{'operator':32s} {'inference ms':>12s} {'Adapt BN ms':>12s} {'calls':>6s}")
+        for name, inf, ada, calls in rows:
+            print(f"{name:32s} {inf:12.1f} {ada:12.1f} {calls:6d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
