@@ -19,7 +19,7 @@ Sections (each line: what was measured, value, unit, the ideal and the target, m
 - ``pipeline``: papermill overhead per notebook, and the stage wall times and peak RAM that a
   finished ``make demo`` run recorded in its done-markers (nothing of the demo is re-run).
 
-Targets are reported, never asserted: a missed target prints ``missed``; ``python -m bench.profile``
+Targets are reported, never asserted: a missed target prints ``missed``; ``python -m bench.hotspots``
 shows where the time of the loaders and of Adapt BN goes. ``--quick`` shrinks
 every input (for the tests): its numbers say that the suite runs, not how fast the kit is.
 The table is printed and written to ``<out>/<YYYY-MM-DD_HHMMSS>.json`` and ``.md``.

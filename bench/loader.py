@@ -18,8 +18,8 @@ Each loader runs one warm-up pass (workers start, files enter the page cache), t
 are printed, never asserted.
 
 The latest figures of the suite (``python -m bench``) are in ``bench/RESULTS_CPU.md`` (this 2-core
-CPU box) and ``bench/RESULTS.md`` (H100); ``python -m bench.profile loader [--train]`` and
-``python -m bench.profile randaugment`` show where a loader's time goes.
+CPU box) and ``bench/RESULTS.md`` (H100); ``python -m bench.hotspots loader [--train]`` and
+``python -m bench.hotspots randaugment`` show where a loader's time goes.
 """
 
 from __future__ import annotations

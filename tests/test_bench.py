@@ -123,14 +123,14 @@ def test_only_rejects_an_unknown_section(capsys):
 
 
 def test_profiles_name_where_the_time_goes(tmp_path):
-    from bench import profile
+    from bench import hotspots
 
-    rows = profile.profile_loader(train=True, clips=2, passes=1, top=40, cache=tmp_path, size=64, frames=8)
+    rows = hotspots.profile_loader(train=True, clips=2, passes=1, top=40, cache=tmp_path, size=64, frames=8)
     assert rows and all(ms >= 0 for _, ms in rows) and rows == sorted(rows, key=lambda r: -r[1])
     assert any("__call__" in name or "get_batch" in name for name, _ in rows)  # decord's calls
-    ops, per_clip = profile.profile_randaugment(spec="rand-m7-n4-mstd0.5", repeats=1)
+    ops, per_clip = hotspots.profile_randaugment(spec="rand-m7-n4-mstd0.5", repeats=1)
     assert {"Rotate", "Invert", "Sharpness"} <= {name for name, _ in ops} and per_clip > 0
-    totals, by_op = profile.profile_adapt_bn(model="slowfast_tiny", batches=2, top=50)
+    totals, by_op = hotspots.profile_adapt_bn(model="slowfast_tiny", batches=2, top=50)
     assert totals["inference"] > 0 and totals["adapt_bn"] > 0
     bn = next(r for r in by_op if r[0] == "aten::native_batch_norm")
     assert bn[3] == 2 * 38  # calls in the Adapt BN pass: 38 layers, 2 batches

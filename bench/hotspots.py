@@ -2,9 +2,9 @@
 
 ::
 
-    python -m bench.profile loader [--train] [--clips 16] [--passes 3] [--top 12]
-    python -m bench.profile randaugment [--spec rand-m7-n4-mstd0.5]
-    python -m bench.profile adapt_bn [--model slowfast_tiny] [--batches 16]
+    python -m bench.hotspots loader [--train] [--clips 16] [--passes 3] [--top 12]
+    python -m bench.hotspots randaugment [--spec rand-m7-n4-mstd0.5]
+    python -m bench.hotspots adapt_bn [--model slowfast_tiny] [--batches 16]
 
 ``loader``: cProfile of the kit's eval (or ``--train``) DataLoader at 32 frames x 224 with the
 reference recipe's augmentations (``params/arid_uniformer_b32_k600.yaml``), 0 workers, over the
@@ -117,7 +117,7 @@ def profile_adapt_bn(*, model: str, batches: int, top: int) -> tuple[dict, list[
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.hotspots", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     lo = sub.add_parser("loader", help="cProfile of the 32 x 224 loader")
     lo.add_argument("--train", action="store_true", help="the train loader (default: eval)")
