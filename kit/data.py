@@ -38,7 +38,7 @@ from torch.utils.data import (
 )
 
 from kit.sampling import SAMPLINGS, sample_indices
-from kit.transforms import EvalPreset, TrainPreset, channels_last, empty_clip
+from kit.transforms import EvalPreset, TrainPreset, cthw_view, empty_clip
 from kit.video import VideoReadError, open_video
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
         return empty_clip(shape)
     *lead, c, t, h, w = shape
     storage = torch.UntypedStorage._new_shared(math.prod(shape))
-    return channels_last(torch.empty(0, dtype=torch.uint8).set_(storage, 0, (*lead, t, h, w, c)))
+    return cthw_view(torch.empty(0, dtype=torch.uint8).set_(storage, 0, (*lead, t, h, w, c)))
 
 
 def _is_dense(t: torch.Tensor) -> bool:

@@ -115,7 +115,7 @@ def _to_tchw(frames) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)
 
 
-def channels_last(buffer: torch.Tensor) -> torch.Tensor:
+def cthw_view(buffer: torch.Tensor) -> torch.Tensor:
     """The ``(..., C, T, H, W)`` view of a ``(..., T, H, W, C)`` tensor (no copy)."""
     n = buffer.ndim - 4
     return buffer.permute(*range(n), n + 3, n, n + 1, n + 2)
@@ -125,7 +125,7 @@ def empty_clip(shape: Sequence[int]) -> torch.Tensor:
     """An uninitialised uint8 clip (or stack of clips) of shape ``(..., C, T, H, W)``, stored channels
     last (``(..., T, H, W, C)`` in memory): a crop of decoded frames copies in row by row."""
     *lead, c, t, h, w = shape
-    return channels_last(torch.empty((*lead, t, h, w, c), dtype=torch.uint8))
+    return cthw_view(torch.empty((*lead, t, h, w, c), dtype=torch.uint8))
 
 
 def normalize(

@@ -9,7 +9,7 @@ from kit.transforms import (
     EvalPreset,
     TrainPreset,
     apply_gamma,
-    channels_last,
+    cthw_view,
     empty_clip,
     gamma_lut,
     normalize,
@@ -47,7 +47,7 @@ def test_apply_gamma_numpy_tensor_and_off():
 
 def test_normalize_layout_and_values():
     x = torch.full((2, 3, 4, 8, 8), 115, dtype=torch.uint8)  # 115/255 = 0.451
-    out = normalize(channels_last(x.permute(0, 2, 3, 4, 1).contiguous()))  # channels-last in memory
+    out = normalize(cthw_view(x.permute(0, 2, 3, 4, 1).contiguous()))  # channels-last in memory
     assert out.shape == (2, 3, 4, 8, 8) and out.dtype == torch.float32 and out.is_contiguous()
     assert torch.allclose(out, torch.full_like(out, (115 / 255 - 0.45) / 0.225))
     with pytest.raises(ValueError, match="uint8"):
