@@ -14,7 +14,9 @@ a temporary folder). For each worker count it times, over the same clips of one 
   milliseconds per clip: on a GPU it runs beside the model, on a CPU it is the model's thread's.
 
 Each loader runs one warm-up pass (workers start, files enter the page cache), then the best of
-``repeats`` timed passes, the three loaders taking turns. ``run_benchmark(...)`` returns the rows as dicts for a suite. Timings
+``repeats`` timed passes, the three loaders taking turns. Each pass of the train loader draws new
+augmentations, so its best pass is also the one whose RandAugment draws were cheapest: with few
+clips the train ratio moves by several hundredths from run to run. ``run_benchmark(...)`` returns the rows as dicts for a suite. Timings
 are printed, never asserted.
 
 The latest figures of the suite (``python -m bench``) are in ``bench/RESULTS_CPU.md`` (this 2-core
