@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from kit import distributed as D
 from kit.adapt_bn import adapt_bn
 from kit.config import AdaptBNConfig, TrainConfig
-from kit.data import check_finished
+from kit.data import DeviceLoader, build_loader, check_finished
 from kit.optim import WarmupCosine, build_optimizer
 from kit.predictions import Predictions
 
@@ -412,8 +412,6 @@ def predict(
     full predictions; ``save_to`` is written by rank 0 only (see :meth:`Predictions.save`).
     """
     device = torch.device(device)
-    from kit.data import DeviceLoader, build_loader
-
     if isinstance(dataset_or_loader, (DataLoader, DeviceLoader)):
         loader, dataset = dataset_or_loader, dataset_or_loader.dataset
     else:

@@ -128,21 +128,13 @@ def empty_clip(shape: Sequence[int]) -> torch.Tensor:
     return cthw_view(torch.empty((*lead, t, h, w, c), dtype=torch.uint8))
 
 
-def normalize(
-    video: torch.Tensor,
-    *,
-    mean: Sequence[float] = MEAN,
-    std: Sequence[float] = STD,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+def normalize(video: torch.Tensor, *, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
     """uint8 ``(..., C, T, H, W)`` (any memory layout, any device) -> contiguous float32 of the same
-    shape, ``(x / 255 - mean) / std`` per channel. ``out``: a float32 tensor to write into."""
+    shape, ``(x / 255 - mean) / std`` per channel."""
     if video.dtype != torch.uint8 or video.ndim < 4:
         raise ValueError(f"normalize takes uint8 (..., C, T, H, W), got {video.dtype} {tuple(video.shape)}")
-    if out is None:
-        out = torch.empty(video.shape, dtype=torch.float32, device=video.device)
     # one converting copy into the contiguous layout, then two in-place passes
-    out.copy_(video)
+    out = torch.empty(video.shape, dtype=torch.float32, device=video.device).copy_(video)
     if len(set(std)) == 1 and len(set(mean)) == 1:
         return out.mul_(1.0 / (255.0 * std[0])).sub_(mean[0] / std[0])
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=out.device).view(-1, 1, 1, 1)
