@@ -18,6 +18,7 @@ from kit.randaugment import (
     apply_lut,
     pil_affine,
     pointwise_lut,
+    sharpness,
 )
 
 FILL = (115, 115, 115)
@@ -46,7 +47,8 @@ def test_timm_parses_the_spec_and_its_op_set_is_kept():
     assert [op.name for op in ra.timm.ops] == timm_aa._RAND_TRANSFORMS
     assert all(op.magnitude == 7 and op.magnitude_std == 0.5 and op.prob == 0.5 for op in ra.timm.ops)
     assert set(timm_aa._RAND_TRANSFORMS) - POINTWISE_OPS - GEOMETRIC_OPS == {
-        "AutoContrast", "Equalize", "Color", "Contrast", "Sharpness",  # per-frame statistics: PIL per frame
+        "AutoContrast", "Equalize", "Color", "Contrast",  # per-frame statistics: PIL per frame
+        "Sharpness",  # PIL's filter and blend, rebuilt with OpenCV
     }
 
 
@@ -75,6 +77,26 @@ def test_pointwise_ops_are_bit_exact_with_timm_on_every_frame(name, args):
         assert np.array_equal(_hwc(out, i), np.asarray(fn(Image.fromarray(frame), *args)))
     planar = apply_lut(clip.contiguous(), pointwise_lut(fn, args, 3))  # any memory layout
     assert torch.equal(planar, out)
+
+
+def test_per_channel_tables_go_to_their_channels():
+    clip = _clip([_frame(seed=s) for s in range(2)])
+    lut = np.stack([np.arange(256), 255 - np.arange(256), np.arange(256) // 2]).astype(np.uint8)
+    for layout in (clip, clip.contiguous()):
+        out = apply_lut(layout, lut)
+        for c in range(3):
+            assert torch.equal(out[:, c], torch.from_numpy(lut[c])[clip[:, c].long()])
+
+
+@pytest.mark.parametrize("factor", [0.1, 0.55, 1.0, 1.37, 1.9])
+def test_sharpness_is_bit_exact_with_pil_on_every_frame(factor):
+    frames = [_frame(seed=s) for s in range(3)]
+    frames[1][:10] = np.random.default_rng(5).integers(0, 256, (10, 64, 3))  # noise: large extrapolations
+    out = sharpness(_clip(frames), factor)
+    assert out.dtype == torch.uint8 and out.shape == (3, 3, 48, 64)
+    for i, frame in enumerate(frames):
+        ref = timm_aa.NAME_TO_OP["Sharpness"](Image.fromarray(frame), factor)
+        assert np.array_equal(_hwc(out, i), np.asarray(ref)), (factor, i)
 
 
 @pytest.mark.parametrize("name, args", [("ShearX", (0.2,)), ("ShearY", (-0.25,)), ("TranslateXRel", (0.3,)),
@@ -117,3 +139,25 @@ def test_call_keeps_shape_dtype_and_rejects_float():
         assert out.dtype == torch.uint8 and out.shape == clip.shape
     with pytest.raises(ValueError, match="uint8"):
         ra(clip.float())
+
+
+def test_loader_workers_run_opencv_ops_after_the_parent_did(tmp_path):
+    # OpenCV's thread pool and fork: workers must neither hang nor start a pool per core
+    script = tmp_path / "workers.py"
+    script.write_text(
+        "import numpy as np, torch, cv2\n"
+        "from torch.utils.data import DataLoader\n"
+        "from kit.randaugment import pil_affine, sharpness\n"
+        "clip = torch.from_numpy(np.full((4, 32, 32, 3), 90, np.uint8)).permute(0, 3, 1, 2)\n"
+        "pil_affine(clip, (1, 0.2, 0, 0, 1, 0), (1, 2, 3))  # the parent first\n"
+        "def op(i):\n"
+        "    return sharpness(pil_affine(clip, (1, 0, i, 0, 1, 0), (1, 2, 3)), 1.5), cv2.getNumThreads()\n"
+        "out = list(DataLoader(range(4), batch_size=None, num_workers=2, collate_fn=op))\n"
+        "assert all(n == 1 for _, n in out), [n for _, n in out]\n"
+        "print('ok', len(out))\n"
+    )
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "ok 4" in run.stdout, run.stderr

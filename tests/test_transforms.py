@@ -13,6 +13,7 @@ from kit.transforms import (
     empty_clip,
     gamma_lut,
     normalize,
+    take_lut,
     tta_combinations,
 )
 
@@ -43,6 +44,21 @@ def test_apply_gamma_numpy_tensor_and_off():
     assert isinstance(t, torch.Tensor) and torch.equal(t, torch.from_numpy(out))
     with pytest.raises(TypeError):
         apply_gamma(frames.astype(np.float32), 0.25)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 3), (1, 1), (5,), (2, 0, 4)])
+def test_take_lut_any_shape_and_layout(shape):
+    rng = np.random.default_rng(1)
+    lut = rng.integers(0, 256, 256, dtype=np.uint8)
+    frames = rng.integers(0, 256, shape, dtype=np.uint8)
+    out = take_lut(frames, lut)
+    assert out.shape == frames.shape and out.dtype == np.uint8 and np.array_equal(out, lut[frames])
+    assert not np.shares_memory(out, frames)
+    if frames.ndim == 4:  # a strided view (channels first) comes out in its logical order
+        view = frames.transpose(0, 3, 1, 2)
+        assert np.array_equal(take_lut(view, lut), lut[view])
+    with pytest.raises(TypeError, match="uint8"):
+        take_lut(frames.astype(np.int16), lut)
 
 
 def test_normalize_layout_and_values():
