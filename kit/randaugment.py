@@ -177,7 +177,7 @@ def pil_affine(clip: torch.Tensor, coefficients, fill) -> torch.Tensor:
     frames = _hwc_frames(clip)
     out = np.empty_like(frames)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    for src, dst in zip(frames, out):
+    for src, dst in zip(frames, out, strict=True):
         cv2.warpAffine(src, matrix, (w, h), dst=dst, flags=flags, borderMode=cv2.BORDER_REPLICATE)
     out[:, outside] = np.asarray([int(v) for v in fill][:ch], dtype=np.uint8)
     return torch.from_numpy(out).permute(0, 3, 1, 2)
@@ -194,7 +194,7 @@ def sharpness(clip: torch.Tensor, factor: float) -> torch.Tensor:
     the frame by ``factor``, truncated to uint8 as PIL's ``Image.blend`` does."""
     frames = _hwc_frames(clip)
     out = np.empty_like(frames)
-    for src, dst in zip(frames, out):
+    for src, dst in zip(frames, out, strict=True):
         smooth = cv2.filter2D(src, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
         smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1] = src[0], src[-1], src[:, 0], src[:, -1]
         # PIL truncates smooth + factor * (src - smooth); OpenCV rounds, so shift by just under 1/2
