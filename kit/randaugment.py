@@ -173,13 +173,15 @@ def pil_affine(clip: torch.Tensor, coefficients, fill) -> torch.Tensor:
     matrix = np.array([[a, b, c + (a + b - 1) / 2], [d, e, f + (d + e - 1) / 2]])
     y, x = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
     xin, yin = a * x + b * y + c, d * x + e * y + f
-    outside = ~((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h))
+    outside = (~((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h))).astype(np.uint8)
+    fill_frame = np.empty((h, w, ch), dtype=np.uint8)
+    fill_frame[:] = [int(v) for v in fill][:ch]
     frames = _hwc_frames(clip)
     out = np.empty_like(frames)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     for src, dst in zip(frames, out, strict=True):
         cv2.warpAffine(src, matrix, (w, h), dst=dst, flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    out[:, outside] = np.asarray([int(v) for v in fill][:ch], dtype=np.uint8)
+        cv2.copyTo(fill_frame, outside, dst)  # in place: the fill where ``outside`` is set
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
