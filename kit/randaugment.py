@@ -13,7 +13,7 @@ sampled plan. The plan is then applied to the uint8 clip ``(T, C, H, W)`` as a w
 - geometric ops (Rotate, ShearX/Y, TranslateX/Y and the Rel variants): the op's PIL affine map
   (same coefficients, same fill colour) through OpenCV's bilinear ``warpAffine``, frame by frame,
   within one level of PIL's bilinear result; timm picks bilinear or bicubic at random, this always
-  resamples bilinearly (10 ms for 32 x 224 x 224 on one core, against 15-20 ms for one float
+  resamples bilinearly (6-10 ms for 32 x 224 x 224 on one core, against 15-20 ms for one float
   ``grid_sample`` over the clip and 27 ms for PIL frame by frame);
 - Sharpness: PIL's 3 x 3 SMOOTH filter and blend, rebuilt from OpenCV's ``filter2D`` and
   ``addWeighted``, bit-exact with PIL (5 ms against PIL's 26 ms);
