@@ -15,8 +15,8 @@ sampled plan. The plan is then applied to the uint8 clip ``(T, C, H, W)`` as a w
   within one level of PIL's bilinear result; timm picks bilinear or bicubic at random, this always
   resamples bilinearly (6-10 ms for 32 x 224 x 224 on one core, against 15-20 ms for one float
   ``grid_sample`` over the clip and 27 ms for PIL frame by frame);
-- Sharpness: PIL's 3 x 3 SMOOTH filter and blend, rebuilt from OpenCV's ``filter2D`` and
-  ``addWeighted``, bit-exact with PIL (5 ms against PIL's 26 ms);
+- Sharpness: PIL's 3 x 3 SMOOTH filter (bit-exact) and blend, rebuilt from OpenCV's ``filter2D``
+  and ``addWeighted``, within one level of PIL's result (5 ms against PIL's 26 ms);
 - the others (Color, Contrast, AutoContrast, Equalize, ...): timm's PIL function frame by frame,
   with the same arguments, so exactly timm's (they use per-frame statistics; at 32 x 224 x 224 PIL
   frame by frame took 7-9 ms per op, about what torchvision's tensor versions take on the whole clip).
@@ -192,8 +192,10 @@ _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13  # 
 
 def sharpness(clip: torch.Tensor, factor: float) -> torch.Tensor:
     """PIL's ``ImageEnhance.Sharpness(frame).enhance(factor)`` on every frame of a uint8 clip
-    ``(T, C, H, W)``, bit-exact: the SMOOTH-filtered frame (border pixels kept) blended towards
-    the frame by ``factor``, truncated to uint8 as PIL's ``Image.blend`` does."""
+    ``(T, C, H, W)``: the SMOOTH-filtered frame (border pixels kept, as PIL's) blended towards the
+    frame by ``factor`` and truncated to uint8, as PIL's ``Image.blend`` does. Within one level of
+    PIL's result: PIL truncates its float32 ``smooth + factor * (frame - smooth)``, and where that
+    lands a rounding error below a whole number the two differ by one."""
     frames = _hwc_frames(clip)
     out = np.empty_like(frames)
     for src, dst in zip(frames, out, strict=True):

@@ -13,6 +13,7 @@ from timm.data import auto_augment as timm_aa
 from kit.randaugment import (
     GEOMETRIC_OPS,
     POINTWISE_OPS,
+    SHARPNESS_OPS,
     ClipRandAugment,
     affine_coefficients,
     apply_lut,
@@ -48,7 +49,7 @@ def test_timm_parses_the_spec_and_its_op_set_is_kept():
     assert all(op.magnitude == 7 and op.magnitude_std == 0.5 and op.prob == 0.5 for op in ra.timm.ops)
     assert set(timm_aa._RAND_TRANSFORMS) - POINTWISE_OPS - GEOMETRIC_OPS == {
         "AutoContrast", "Equalize", "Color", "Contrast",  # per-frame statistics: PIL per frame
-        "Sharpness",  # PIL's filter and blend, rebuilt with OpenCV
+        "Sharpness",  # PIL's filter and blend, rebuilt with OpenCV: within one level
     }
 
 
@@ -88,15 +89,22 @@ def test_per_channel_tables_go_to_their_channels():
             assert torch.equal(out[:, c], torch.from_numpy(lut[c])[clip[:, c].long()])
 
 
-@pytest.mark.parametrize("factor", [0.1, 0.55, 1.0, 1.37, 1.9])
-def test_sharpness_is_bit_exact_with_pil_on_every_frame(factor):
+def test_sharpness_matches_pil_within_one_level_on_every_frame():
     frames = [_frame(seed=s) for s in range(3)]
     frames[1][:10] = np.random.default_rng(5).integers(0, 256, (10, 64, 3))  # noise: large extrapolations
-    out = sharpness(_clip(frames), factor)
-    assert out.dtype == torch.uint8 and out.shape == (3, 3, 48, 64)
-    for i, frame in enumerate(frames):
-        ref = timm_aa.NAME_TO_OP["Sharpness"](Image.fromarray(frame), factor)
-        assert np.array_equal(_hwc(out, i), np.asarray(ref)), (factor, i)
+    factors = [0.1, 0.5, 0.7, 1.0, 1.37, 1.9, *np.random.default_rng(6).uniform(0.1, 1.9, 20)]
+    off = total = 0
+    for factor in factors:
+        out = sharpness(_clip(frames), float(factor))
+        assert out.dtype == torch.uint8 and out.shape == (3, 3, 48, 64)
+        for i, frame in enumerate(frames):
+            ref = np.asarray(timm_aa.NAME_TO_OP["Sharpness"](Image.fromarray(frame), float(factor)))
+            diff = np.abs(_hwc(out, i).astype(int) - ref)
+            assert diff.max() <= 1, (factor, i)
+            if factor == 1.0:  # the frame itself
+                assert np.array_equal(_hwc(out, i), frame)
+            off, total = off + np.count_nonzero(diff), total + diff.size
+    assert off <= 0.001 * total, off / total
 
 
 @pytest.mark.parametrize("name, args", [("ShearX", (0.2,)), ("ShearY", (-0.25,)), ("TranslateXRel", (0.3,)),
@@ -124,7 +132,7 @@ def test_every_op_applies_the_same_to_every_frame():
         out = ra.apply(still, name, args, {"fillcolor": FILL, "resample": Image.BILINEAR})
         assert out.dtype == torch.uint8 and out.shape == still.shape, name
         assert all(torch.equal(out[0], out[i]) for i in range(1, 4)), name
-        if name not in GEOMETRIC_OPS | POINTWISE_OPS:  # PIL frame by frame: exactly timm's
+        if name not in GEOMETRIC_OPS | POINTWISE_OPS | SHARPNESS_OPS:  # PIL frame by frame: exactly timm's
             ref = timm_aa.NAME_TO_OP[name](Image.fromarray(_frame()), *args)
             assert np.array_equal(_hwc(out, 0), np.asarray(ref)), name
 
