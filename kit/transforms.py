@@ -67,16 +67,12 @@ def take_lut(frames: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """
     frames = np.ascontiguousarray(frames)
     if frames.dtype != np.uint8:
-        raise TypeError(f"take_lut works on uint8 frames, got {frames.dtype}")
+        raise TypeError(f"lookup tables (gamma, RandAugment) work on uint8 frames, got {frames.dtype}")
     if frames.size == 0:
         return frames.copy()
     table = np.ascontiguousarray(lut, dtype=np.uint8).reshape(256)
     # one single-channel row per leading index: the memory is continuous, OpenCV runs it as one line
     return cv2.LUT(frames.reshape(frames.shape[0] if frames.ndim > 1 else 1, -1), table).reshape(frames.shape)
-
-
-def _take_gamma(frames: np.ndarray, gamma: float) -> np.ndarray:
-    return take_lut(frames, gamma_lut(gamma))
 
 
 def apply_gamma(frames, gamma: float | None):
@@ -87,13 +83,8 @@ def apply_gamma(frames, gamma: float | None):
     if gamma is None:
         return frames
     if isinstance(frames, torch.Tensor):
-        if frames.dtype != torch.uint8:
-            raise TypeError(f"gamma works on uint8 frames, got {frames.dtype}")
-        return torch.from_numpy(_take_gamma(frames.cpu().numpy(), float(gamma)))
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8:
-        raise TypeError(f"gamma works on uint8 frames, got {frames.dtype}")
-    return _take_gamma(frames, float(gamma))
+        return torch.from_numpy(take_lut(frames.cpu().numpy(), gamma_lut(float(gamma))))
+    return take_lut(np.asarray(frames), gamma_lut(float(gamma)))
 
 
 # ---------------------------------------------------------------- helpers

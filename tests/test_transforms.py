@@ -42,8 +42,10 @@ def test_apply_gamma_numpy_tensor_and_off():
     assert np.array_equal(out, gamma_lut(0.25)[frames])
     t = apply_gamma(torch.from_numpy(frames), 0.25)
     assert isinstance(t, torch.Tensor) and torch.equal(t, torch.from_numpy(out))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="uint8"):
         apply_gamma(frames.astype(np.float32), 0.25)
+    with pytest.raises(TypeError, match="uint8"):
+        apply_gamma(torch.from_numpy(frames).float(), 0.25)
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 7, 3), (1, 1), (5,), (2, 0, 4)])
