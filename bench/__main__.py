@@ -62,12 +62,13 @@ SIZES = {
         adapt_batch=4, adapt_batches=16, adapt_repeats=5, papermill_repeats=3,
     ),
     "cuda": dict(
-        demo_clips_per_class=4, demo_max_clips=32, large_classes=4, large_clips_per_class=4,
+        # loader sets of 128 and 64 clips: 8 workers get 2 to 4 batches each (16 clips gave them one)
+        demo_clips_per_class=16, demo_max_clips=128, large_classes=4, large_clips_per_class=16,
         large_size=224, large_frames=32,
         loader_repeats=2, models=GPU_MODELS, model_frames=32, model_size=224, model_batch=4,
         amp="bf16", min_seconds=2.0, attention_model="uniformer_b",
         adapt_models=("uniformer_b", "slowfast_r101"), adapt_frames=32, adapt_size=224,
-        adapt_batch=4, adapt_batches=8, adapt_repeats=3, papermill_repeats=3,
+        adapt_batch=4, adapt_batches=16, adapt_repeats=5, papermill_repeats=3,
     ),
     "quick": dict(
         demo_clips_per_class=1, demo_max_clips=4, large_classes=2, large_clips_per_class=1,
