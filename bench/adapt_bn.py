@@ -10,11 +10,6 @@ computes batch statistics, and inference runs them in eval mode). Each time is t
 ``repeats`` runs after one warm-up batch, the two passes taking turns; CUDA is synchronised.
 Autocast (bf16) on CUDA in both.
 
-``--reduction-max-channels 0,64,128,100000`` times Adapt BN once per value of
-:data:`kit.adapt_bn.REDUCTION_MAX_CHANNELS` (CUDA: layers of at most that many channels take their
-batch statistics from two grid-wide reductions; 0 = PyTorch's training-mode kernel everywhere) and
-prints how far each value's running statistics lie from the first value's.
-
 Measured 2026-11-26 (``--device cuda --models uniformer_b,slowfast_r101 --frames 32 --size 224
 --batch 4 --batches 8``, one H100 80GB, torch 2.11): UniFormer-B 1.06, SlowFast-R101 1.37. The
 SlowFast gap is its 212 BatchNorm layers: on bf16 5-D tensors the training-mode kernel (batch
@@ -31,7 +26,6 @@ from functools import partial
 
 import torch
 
-import kit.adapt_bn
 from kit.adapt_bn import adapt_bn, bn_layers
 from kit.models import create_model
 
@@ -71,13 +65,8 @@ def run_benchmark(
     size: int = 64,
     repeats: int = 3,
     num_classes: int = 11,
-    reduction_max_channels=(None,),
 ) -> list[dict]:
-    """One row per model and value of ``reduction_max_channels`` (None: the kit's own):
-    ``{model, device, batches, batch_size, frames, size, bn_layers, reduction_max_channels, infer_s,
-    adapt_s, ratio}``, and with several values ``mean_diff`` / ``var_rel_diff``: the largest
-    difference of the running means, and relative one of the running variances, from the first
-    value's."""
+    """One row per model: ``{model, device, batches, batch_size, frames, size, bn_layers, infer_s, adapt_s, ratio}``."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
     clips = [torch.randn(batch_size, 3, frames, size, size, generator=g).to(device) for _ in range(batches)]
@@ -86,38 +75,17 @@ def run_benchmark(
         model = create_model(name, num_classes=num_classes).to(device)
         n_bn = len(bn_layers(model))
         _inference_pass(model, clips[:1], device)  # warm-up: kernels, allocator
-        first = None
-        for channels in reduction_max_channels:
-            channels = kit.adapt_bn.REDUCTION_MAX_CHANNELS if channels is None else channels
-            row = _time_passes(model, clips, device, repeats, channels)
-            rows.append({
-                "model": name, "device": str(device), "batches": batches, "batch_size": batch_size,
-                "frames": frames, "size": size, "bn_layers": n_bn, **row,
-                "ratio": round(row["adapt_s"] / row["infer_s"], 3) if n_bn else None,  # no BatchNorm: nothing to do
-            })
-            stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bn_layers(model)]
-            if first is None:
-                first = stats
-            elif stats:
-                pairs = list(zip(stats, first, strict=True))
-                rows[-1]["mean_diff"] = max(float((m - m0).abs().max()) for (m, _), (m0, _) in pairs)
-                rows[-1]["var_rel_diff"] = max(float(((v - v0) / v0).abs().max()) for (_, v), (_, v0) in pairs)
-    return rows
-
-
-def _time_passes(model, clips, device, repeats: int, channels: int) -> dict:
-    """Best inference and Adapt BN times, with ``REDUCTION_MAX_CHANNELS = channels`` for Adapt BN."""
-    kept = kit.adapt_bn.REDUCTION_MAX_CHANNELS
-    kit.adapt_bn.REDUCTION_MAX_CHANNELS = channels
-    try:
         # the two passes alternate, so that a slow stretch of a shared machine hits both alike
         infer_s = adapt_s = float("inf")
         for _ in range(repeats):
             infer_s = min(infer_s, _time(partial(_inference_pass, model, clips, device), device))
-            adapt_s = min(adapt_s, _time(partial(adapt_bn, model, clips, num_batches=len(clips), device=device), device))
-    finally:
-        kit.adapt_bn.REDUCTION_MAX_CHANNELS = kept
-    return {"reduction_max_channels": channels, "infer_s": round(infer_s, 4), "adapt_s": round(adapt_s, 4)}
+            adapt_s = min(adapt_s, _time(partial(adapt_bn, model, clips, num_batches=batches, device=device), device))
+        rows.append({
+            "model": name, "device": str(device), "batches": batches, "batch_size": batch_size, "frames": frames,
+            "size": size, "bn_layers": n_bn, "infer_s": round(infer_s, 4), "adapt_s": round(adapt_s, 4),
+            "ratio": round(adapt_s / infer_s, 3) if n_bn else None,  # no BatchNorm: Adapt BN does nothing
+        })
+    return rows
 
 
 def main(argv=None) -> int:
@@ -130,23 +98,17 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument(
-        "--reduction-max-channels", default=None,
-        help="comma-separated values of kit.adapt_bn.REDUCTION_MAX_CHANNELS to compare (CUDA; default: the kit's)",
-    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run_benchmark(
         models=[m for m in args.models.split(",") if m], device=args.device, batches=args.batches,
         batch_size=args.batch, frames=args.frames, size=args.size, repeats=args.repeats,
-        reduction_max_channels=[int(c) for c in args.reduction_max_channels.split(",")]
-        if args.reduction_max_channels else (None,),
     )
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    keys = list(rows[0])
     print(" | ".join(keys))
     for r in rows:
-        print(" | ".join(str(r.get(k, "")) for k in keys))
+        print(" | ".join(str(r[k]) for k in keys))
     worst = max((r["ratio"] for r in rows if r["ratio"] is not None), default=None)
     print(f"worst ratio Adapt BN / inference: {worst} (target <= 1.1)")
     return 0

@@ -10,23 +10,16 @@ left untouched; ``num_batches_tracked`` ends equal to the number of batches used
 During the pass the model is in eval mode except its BatchNorm layers, so dropout and drop path
 are off; every module's train/eval mode is restored afterwards. A model without BatchNorm
 (MViT uses LayerNorm only) is reported with a warning: Adapt BN changes nothing for it.
-
-On CUDA, layers of at most :data:`REDUCTION_MAX_CHANNELS` channels take their batch statistics
-from :func:`forward_by_reductions` rather than PyTorch's training-mode kernel, which gives each
-channel one thread block: with few channels and many values per channel (SlowFast's fast pathway:
-8 channels of 1.6 M values each at 32 x 224, batch 4) most of the GPU sits idle.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from kit import distributed as D
 from kit.data import check_finished
@@ -34,9 +27,6 @@ from kit.data import check_finished
 log = logging.getLogger(__name__)
 
 NO_BN_WARNING = "model has no BatchNorm layers (e.g. MViT uses LayerNorm only): Adapt BN changes nothing"
-
-# On CUDA, BatchNorm layers of up to this many channels use forward_by_reductions during Adapt BN
-REDUCTION_MAX_CHANNELS = 128
 
 
 @dataclass
@@ -72,22 +62,6 @@ def _clips(batch) -> torch.Tensor | None:
     return video.flatten(0, 1) if video.ndim == 6 else video
 
 
-def forward_by_reductions(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    """What ``bn`` does in training mode, with the batch statistics from two reductions over all of
-    ``x`` (float32 accumulation, also for bf16 inputs) and the eval-mode normalisation kernel: the
-    output is normalised with the batch mean and biased variance, and the running statistics move by
-    ``bn.momentum`` towards the batch mean and unbiased variance."""
-    dims = [0, *range(2, x.ndim)]
-    n = x.numel() // x.shape[1]
-    if n < 2:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-    mean = torch.mean(x, dims, dtype=torch.float32)
-    var = torch.var(x, dims, correction=0, out=torch.empty_like(mean))
-    bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
-    bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), bn.momentum)
-    return F.batch_norm(x, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
-
-
 @torch.no_grad()
 def adapt_bn(
     model: nn.Module,
@@ -121,7 +95,6 @@ def adapt_bn(
     # the counters are set once at the end: BatchNorm would otherwise add 1 to each, in its own
     # kernel call, for every layer and batch (num_batches_tracked=None skips that; momentum rules)
     counters = {bn: bn.num_batches_tracked for bn in layers}
-    reduced = [bn for bn in layers if device.type == "cuda" and bn.num_features <= REDUCTION_MAX_CHANNELS]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     start = time.perf_counter()
     batches = clips = 0
@@ -130,8 +103,6 @@ def adapt_bn(
         for bn in layers:
             bn.train()
             bn.num_batches_tracked = None
-        for bn in reduced:
-            bn.forward = functools.partial(forward_by_reductions, bn)
         for batch in loader:
             if batches >= per_process:
                 break
@@ -151,8 +122,6 @@ def adapt_bn(
             batches += 1
             clips += video.shape[0]
     finally:
-        for bn in reduced:
-            vars(bn).pop("forward", None)  # back to the class's own
         for bn, counter in counters.items():
             bn.num_batches_tracked = counter
             if batches:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 
-import pytest
 import torch
 import torch.nn as nn
 
@@ -168,69 +167,3 @@ def test_batch_counters_set_once_and_restored_when_the_loader_fails():
         assert bn.num_batches_tracked is counter and int(counter) == 2  # the same buffer, 2 batches used
         assert bn.momentum == 0.1 and bn.training
     assert sum(k.endswith("num_batches_tracked") for k in model.state_dict()) == 3  # still saved
-
-
-def test_forward_by_reductions_is_the_training_mode_forward():
-    from kit.adapt_bn import forward_by_reductions
-
-    g = torch.Generator().manual_seed(0)
-    for bn, x in ((nn.BatchNorm3d(5), torch.randn(3, 5, 4, 6, 6, generator=g) * 4 + 30),
-                  (nn.BatchNorm1d(5, affine=False), torch.randn(7, 5, generator=g) - 2)):
-        if bn.affine:
-            nn.init.uniform_(bn.weight, 0.5, 2.0)
-            nn.init.uniform_(bn.bias, -1.0, 1.0)
-        bn.running_mean.uniform_(-1, 1)
-        twin = copy.deepcopy(bn)
-        bn.train(), twin.train()
-        bn.momentum = twin.momentum = 0.25
-        expected = twin(x)
-        out = forward_by_reductions(bn, x)
-        assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)
-        assert torch.allclose(bn.running_mean, twin.running_mean, rtol=1e-5, atol=1e-6)
-        assert torch.allclose(bn.running_var, twin.running_var, rtol=1e-5, atol=1e-6)
-    # bf16 inputs: statistics accumulated in float32, as the CUDA kernel does
-    bn = nn.BatchNorm3d(4).train()
-    x = (torch.randn(2, 4, 4, 8, 8, generator=g) * 0.5 + 40).bfloat16()
-    forward_by_reductions(bn, x)
-    dims = [0, 2, 3, 4]
-    assert torch.allclose(bn.running_mean, 0.1 * x.double().mean(dims).float(), rtol=1e-6)
-    assert torch.allclose(bn.running_var, 0.9 + 0.1 * x.double().var(dims).float(), rtol=1e-6)
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        forward_by_reductions(nn.BatchNorm1d(3).train(), torch.zeros(1, 3))
-
-
-def test_adapt_bn_takes_small_layers_by_reductions_on_cuda_only(monkeypatch):
-    import kit.adapt_bn as A
-
-    calls = []
-    real = A.forward_by_reductions
-    monkeypatch.setattr(A, "forward_by_reductions", lambda bn, x: calls.append(bn.num_features) or real(bn, x))
-    model = TinyCNN()
-    adapt_bn(model, batches(2), device="cpu")
-    assert calls == []  # the CPU's training-mode kernel is the faster one there
-    assert all("forward" not in vars(bn) for bn in bn_layers(model))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_adapt_bn_on_cuda_by_reductions_matches_the_training_mode_kernel(monkeypatch):
-    import kit.adapt_bn as A
-
-    calls = []
-    real = A.forward_by_reductions
-    monkeypatch.setattr(A, "forward_by_reductions", lambda bn, x: calls.append(bn.num_features) or real(bn, x))
-    torch.manual_seed(0)
-    model = TinyCNN()
-    data = batches(3)
-    done = []
-    for channels, used in ((0, []), (6, [6] * 3), (1000, [6, 8, 8] * 3)):  # 0: PyTorch's kernel everywhere
-        monkeypatch.setattr(A, "REDUCTION_MAX_CHANNELS", channels)
-        calls.clear()
-        net = copy.deepcopy(model).cuda()
-        adapt_bn(net, data, device="cuda", amp=False)
-        assert calls == used
-        assert all("forward" not in vars(bn) for bn in bn_layers(net))
-        done.append(net)
-    for net in done[1:]:
-        for bn, ref in zip(bn_layers(net), bn_layers(done[0]), strict=True):
-            assert torch.allclose(bn.running_mean, ref.running_mean, rtol=1e-4, atol=1e-5)
-            assert torch.allclose(bn.running_var, ref.running_var, rtol=1e-4, atol=1e-5)
