@@ -11,10 +11,11 @@ computes batch statistics, and inference runs them in eval mode). Each time is t
 Autocast (bf16) on CUDA in both.
 
 Measured 2026-11-26 (``--device cuda --models uniformer_b,slowfast_r101 --frames 32 --size 224
---batch 4 --batches 8``, one H100 80GB, torch 2.11): UniFormer-B 1.06, SlowFast-R101 1.37. The
-SlowFast gap is its 212 BatchNorm layers: on bf16 5-D tensors the training-mode kernel (batch
-statistics) takes 2-4x the eval-mode one. CPU, 1 thread, defaults with ``--frames 16``:
-uniformer_tiny 1.10, slowfast_tiny 1.17.
+--batch 4 --batches 16 --repeats 5``, one H100 80GB, torch 2.11): UniFormer-B 1.06, SlowFast-R101 1.24
+(``bench/RESULTS.md``). The SlowFast gap is its 212 BatchNorm layers: PyTorch's CUDA kernel for the
+batch statistics runs one thread block per channel, and 118 of them have at most 128 channels
+(the H100 has 132 multiprocessors).
+CPU, 1 thread, defaults with ``--frames 16``: uniformer_tiny 1.10, slowfast_tiny 1.17.
 """
 
 from __future__ import annotations
