@@ -20,6 +20,7 @@ from kit.randaugment import (
     pil_affine,
     pointwise_lut,
     sharpness,
+    translate,
 )
 
 FILL = (115, 115, 115)
@@ -120,6 +121,28 @@ def test_geometric_ops_match_timm_bilinear_within_one_level(name, args):
         ref = np.asarray(fn(Image.fromarray(frame), *args, fillcolor=FILL, resample=Image.BILINEAR))
         diff = np.abs(ref.astype(int) - _hwc(out, i).astype(int))
         assert diff.max() <= 1 and diff.mean() < 0.6, (name, diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("name", ["TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel"])
+def test_translations_match_timm_bilinear_within_one_level(name):
+    frames = [_frame(seed=s) for s in range(2)]
+    clip = _clip(frames)
+    vertical = name.startswith("TranslateY")
+    fn = timm_aa.NAME_TO_OP[name]
+    values = (0.3, -0.2, 0.45, -0.45, 0.01, 0.0, 1.0) if name.endswith("Rel") else (7.5, -7.25, 0.3, 2.5, -3.0, 100.0)
+    off = total = 0
+    for v in values:  # fractional, whole, edge-repeating and all-fill (100 px) shifts
+        offset = affine_coefficients(name, (v,), height=48, width=64)[5 if vertical else 2]
+        out = translate(clip, offset, vertical=vertical, fill=FILL)
+        assert out.dtype == torch.uint8 and out.shape == clip.shape
+        for i, frame in enumerate(frames):
+            ref = np.asarray(fn(Image.fromarray(frame), v, fillcolor=FILL, resample=Image.BILINEAR))
+            diff = np.abs(ref.astype(int) - _hwc(out, i).astype(int))
+            assert diff.max() <= 1, (name, v, i)
+            if v in (0.0, 1.0, 7.5, -3.0, 100.0):  # a whole-pixel or half-pixel shift: exactly PIL's
+                assert diff.max() == 0, (name, v, i)
+            off, total = off + np.count_nonzero(diff), total + diff.size
+    assert off <= 0.05 * total, off / total  # warpAffine's 1/32 weights put 20-50 % of pixels one level off
 
 
 def test_every_op_applies_the_same_to_every_frame():
