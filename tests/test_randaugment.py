@@ -13,10 +13,14 @@ from timm.data import auto_augment as timm_aa
 from kit.randaugment import (
     GEOMETRIC_OPS,
     POINTWISE_OPS,
-    SHARPNESS_OPS,
+    STATISTICS_OPS,
     ClipRandAugment,
     affine_coefficients,
     apply_lut,
+    auto_contrast,
+    color,
+    contrast,
+    equalize,
     pil_affine,
     pointwise_lut,
     sharpness,
@@ -49,9 +53,10 @@ def test_timm_parses_the_spec_and_its_op_set_is_kept():
     assert [op.name for op in ra.timm.ops] == timm_aa._RAND_TRANSFORMS
     assert all(op.magnitude == 7 and op.magnitude_std == 0.5 and op.prob == 0.5 for op in ra.timm.ops)
     assert set(timm_aa._RAND_TRANSFORMS) - POINTWISE_OPS - GEOMETRIC_OPS == {
-        "AutoContrast", "Equalize", "Color", "Contrast",  # per-frame statistics: PIL per frame
+        "AutoContrast", "Equalize", "Color", "Contrast",  # per-frame statistics, rebuilt
         "Sharpness",  # PIL's filter and blend, rebuilt with OpenCV: within one level
     }
+    assert set(timm_aa._RAND_TRANSFORMS) & STATISTICS_OPS == {"AutoContrast", "Equalize", "Color", "Contrast"}
 
 
 def test_sampled_plan_follows_timm_layers_and_magnitudes():
@@ -145,6 +150,44 @@ def test_translations_match_timm_bilinear_within_one_level(name):
     assert off <= 0.05 * total, off / total  # warpAffine's 1/32 weights put 20-50 % of pixels one level off
 
 
+def _statistics_frames() -> list[np.ndarray]:
+    # the corner cases of PIL's per-frame tables: full and narrow ranges, one level, two skewed
+    # levels, only 0 and 255, one odd pixel, all near white
+    rng = np.random.default_rng(3)
+    one_level, two_levels, odd_pixel = (np.full((48, 64, 3), v, np.uint8) for v in (77, 10, 0))
+    two_levels[:3] = 200
+    odd_pixel[0, 0] = 5
+    return [_frame(), rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+            rng.integers(30, 60, (48, 64, 3), dtype=np.uint8), one_level, two_levels,
+            rng.integers(0, 2, (48, 64, 3), dtype=np.uint8) * 255, odd_pixel,
+            rng.integers(250, 256, (48, 64, 3), dtype=np.uint8)]
+
+
+@pytest.mark.parametrize("name, args", [("AutoContrast", ()), ("Equalize", ())]
+                         + [("Contrast", (f,)) for f in (0.0, 0.1, 0.37, 1.0, 1.3, 1.77, 1.9)])
+def test_auto_contrast_equalize_and_contrast_are_bit_exact_with_timm(name, args):
+    frames = _statistics_frames()
+    op = {"AutoContrast": auto_contrast, "Equalize": equalize, "Contrast": contrast}[name]
+    out = op(_clip(frames), *args)
+    for i, frame in enumerate(frames):
+        assert np.array_equal(_hwc(out, i), np.asarray(timm_aa.NAME_TO_OP[name](Image.fromarray(frame), *args))), i
+
+
+def test_color_matches_timm_within_one_level():
+    frames = _statistics_frames()
+    off = total = 0
+    for factor in (0.0, 0.1, 0.37, 0.5, 1.0, 1.3, 1.77, 1.9):
+        out = color(_clip(frames), factor)
+        for i, frame in enumerate(frames):
+            ref = np.asarray(timm_aa.NAME_TO_OP["Color"](Image.fromarray(frame), factor))
+            diff = np.abs(ref.astype(int) - _hwc(out, i).astype(int))
+            assert diff.max() <= 1, (factor, i)
+            if factor in (0.0, 1.0):  # the grey frame or the frame itself
+                assert diff.max() == 0, (factor, i)
+            off, total = off + np.count_nonzero(diff), total + diff.size
+    assert off <= 0.001 * total, off / total
+
+
 def test_every_op_applies_the_same_to_every_frame():
     ra = ClipRandAugment("rand-m9-n4-mstd0.5", HPARAMS)
     still = _clip([_frame()] * 4)
@@ -155,9 +198,21 @@ def test_every_op_applies_the_same_to_every_frame():
         out = ra.apply(still, name, args, {"fillcolor": FILL, "resample": Image.BILINEAR})
         assert out.dtype == torch.uint8 and out.shape == still.shape, name
         assert all(torch.equal(out[0], out[i]) for i in range(1, 4)), name
-        if name not in GEOMETRIC_OPS | POINTWISE_OPS | SHARPNESS_OPS:  # PIL frame by frame: exactly timm's
+        if name in {"AutoContrast", "Equalize", "Contrast"}:  # bit-exact rebuilds
             ref = timm_aa.NAME_TO_OP[name](Image.fromarray(_frame()), *args)
             assert np.array_equal(_hwc(out, 0), np.asarray(ref)), name
+
+
+def test_ops_without_a_rebuild_run_timms_pil_function_frame_by_frame():
+    ra = ClipRandAugment("rand-m9-n3-t3a", HPARAMS)  # timm's three-augment set
+    frames = [_frame(seed=s) for s in range(2)]
+    for name in ("Desaturate", "GaussianBlur"):
+        op = next(op for op in ra.timm.ops if op.name == name)
+        random.seed(2)
+        args = op.level_fn(9, op.hparams) if op.level_fn else ()
+        out = ra.apply(_clip(frames), name, args, {"fillcolor": FILL, "resample": Image.BILINEAR})
+        for i, frame in enumerate(frames):
+            assert np.array_equal(_hwc(out, i), np.asarray(timm_aa.NAME_TO_OP[name](Image.fromarray(frame), *args)))
 
 
 def test_call_keeps_shape_dtype_and_rejects_float():
