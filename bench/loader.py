@@ -13,10 +13,11 @@ a temporary folder). For each worker count it times, over the same clips of one 
   (float32 conversion, mean/std, and random erasing in training), timed apart on ``device`` in
   milliseconds per clip: on a GPU it runs beside the model, on a CPU it is the model's thread's.
 
-Each loader runs one warm-up pass (workers start, files enter the page cache), then the best of
-``repeats`` timed passes, the three loaders taking turns. Each pass of the train loader draws new
-augmentations, so its best pass is also the one whose RandAugment draws were cheapest: with few
-clips the train ratio moves by several hundredths from run to run. ``run_benchmark(...)`` returns the rows as dicts for a suite. Timings
+Each loader runs one warm-up pass (workers start, files enter the page cache), then ``repeats``
+timed passes, the three loaders taking turns; clips/s is over all timed passes. Each pass of the
+train loader draws new augmentations, and the cost of a clip depends on its RandAugment draws (0 to 4
+ops of 1 to 7 ms at 32 x 224): with few clips the train ratio moves by several hundredths from run
+to run. ``run_benchmark(...)`` returns the rows as dicts for a suite. Timings
 are printed, never asserted.
 
 The latest figures of the suite (``python -m bench``) are in ``bench/RESULTS_CPU.md`` (this 2-core
@@ -61,20 +62,21 @@ class RawDecord(Dataset):
 
 
 def _time_loaders(loaders: dict, repeats: int) -> dict:
-    """``{name: (clips, best seconds of a full pass, the warm-up pass's batches)}``. After one warm-up
+    """``{name: (clips, mean seconds of a full pass, the warm-up pass's batches)}``. After one warm-up
     pass each, the loaders take turns, one pass at a time, so that a slow stretch of a shared
-    machine hits them alike."""
+    machine hits them alike. The mean, not the best pass: the train loader draws new augmentations
+    every pass, and its best pass would be the one whose RandAugment draws were cheapest."""
     warm = {name: list(loader) for name, loader in loaders.items()}
-    best = dict.fromkeys(loaders, float("inf"))
+    seconds = dict.fromkeys(loaders, 0.0)
     clips = dict.fromkeys(loaders, 0)
     for _ in range(repeats):
         for name, loader in loaders.items():
             start, n = time.perf_counter(), 0
             for batch in loader:
                 n += len(batch["label"]) if isinstance(batch, dict) else len(batch)
-            best[name] = min(best[name], time.perf_counter() - start)
+            seconds[name] += time.perf_counter() - start
             clips[name] = n
-    return {name: (clips[name], best[name], warm[name]) for name in loaders}
+    return {name: (clips[name], seconds[name] / repeats, warm[name]) for name in loaders}
 
 
 def _time_finish(finish, batches: list, device: torch.device, repeats: int) -> float:
