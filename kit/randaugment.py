@@ -13,17 +13,17 @@ sampled plan. The plan is then applied to the uint8 clip ``(T, C, H, W)`` as a w
 - geometric ops (Rotate, ShearX/Y): the op's PIL affine map (same coefficients, same fill colour),
   its input points computed once per clip, each frame resampled bilinearly with OpenCV's ``remap``,
   within one level of PIL's bilinear result; timm picks bilinear or bicubic at random, this always
-  resamples bilinearly (5-7 ms for 32 x 224 x 224 on one core, against 9 ms with ``warpAffine``,
+  resamples bilinearly (6-7 ms for 32 x 224 x 224 on one core, against 9-10 ms with ``warpAffine``,
   15-20 ms for one float ``grid_sample`` over the clip and 27 ms for PIL frame by frame);
 - translations (TranslateX/Y and the Rel variants): every output pixel blends the same two
-  neighbours, so one OpenCV ``addWeighted`` over the whole clip (1-2 ms), within one level of PIL's
+  neighbours, so one OpenCV ``addWeighted`` over the whole clip (1-3 ms), within one level of PIL's
   bilinear result and equal to it for most pixels;
 - Sharpness: PIL's 3 x 3 SMOOTH filter (bit-exact) and blend, rebuilt from OpenCV's ``filter2D``
   and ``addWeighted``, within one level of PIL's result (5 ms against PIL's 26 ms);
 - ops on per-frame statistics: AutoContrast and Equalize (tables from each frame's histograms),
   Contrast (a table from each frame's mean grey level): PIL's arithmetic rebuilt in numpy, so
   bit-exact, applied with OpenCV's ``LUT``; Color: PIL's grey frame blended with OpenCV's
-  ``addWeighted``, within one level as Sharpness (3-5 ms each, against 8-10 ms for PIL frame by frame);
+  ``addWeighted``, within one level as Sharpness (4-6 ms each, against 8-10 ms for PIL frame by frame);
 - any other op timm may add: timm's PIL function frame by frame, with the same arguments.
 
 Example::
@@ -183,8 +183,8 @@ def pil_affine(clip: torch.Tensor, coefficients, fill) -> torch.Tensor:
     channel), inside it edge pixels repeat, as in PIL. Within one level of PIL's result.
 
     The input point of every output pixel is computed once for the clip (OpenCV's fixed-point
-    ``convertMaps``) and each frame is resampled with ``remap``: 5 ms for 32 x 224 x 224 on one core,
-    against 9 ms for ``warpAffine``, which recomputes the points for every frame."""
+    ``convertMaps``) and each frame is resampled with ``remap``: 6-7 ms for 32 x 224 x 224 on one core,
+    against 9-10 ms for ``warpAffine``, which recomputes the points for every frame."""
     t, ch, h, w = clip.shape
     a, b, c, d, e, f = (float(v) for v in coefficients)
     # PIL maps the output's pixel centres (x + 0.5, y + 0.5) to continuous input coordinates and
@@ -207,8 +207,8 @@ def translate(clip: torch.Tensor, offset: float, *, vertical: bool, fill) -> tor
     """PIL's bilinear ``Image.transform(size, AFFINE, (1, 0, offset, 0, 1, 0), fillcolor=fill)`` (with
     ``vertical``: ``(1, 0, 0, 0, 1, offset)``) on every frame of a uint8 clip ``(T, C, H, W)``. Every
     output pixel blends the same two neighbours along the shifted axis with the same weights, so the
-    whole clip is one ``addWeighted`` and a few slice copies (2 ms for 32 x 224 x 224 on one core,
-    against 10 ms for ``pil_affine``); PIL's result truncated, within one level as in :func:`sharpness`."""
+    whole clip is one ``addWeighted`` and a few slice copies (1-3 ms for 32 x 224 x 224 on one core,
+    against 6-10 ms for a warp); PIL's result truncated, within one level as in :func:`sharpness`."""
     frames = _hwc_frames(clip)
     t, h, w, ch = frames.shape
     # (rows, n, unit): the shifted axis in the middle, each of its positions a run of ``unit`` values
