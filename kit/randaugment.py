@@ -56,6 +56,10 @@ TRANSLATE_OPS = frozenset({"TranslateX", "TranslateY", "TranslateXRel", "Transla
 SHARPNESS_OPS = frozenset({"Sharpness", "SharpnessIncreasing"})
 STATISTICS_OPS = frozenset({"AutoContrast", "Equalize", "Contrast", "ContrastIncreasing", "Color", "ColorIncreasing"})
 
+# PIL's Image.blend truncates its float result, OpenCV's addWeighted rounds: added to addWeighted's sum,
+# this shift by just under 1/2 truncates (off by one only where the sum lies within 1e-3 below a whole number)
+TRUNCATE = -0.5 + 1e-3
+
 
 def _record(name: str, plan: list, *args, **kwargs) -> list:
     # stands in for a timm op's PIL function: the "image" is the plan, each op that fires appends itself
@@ -236,7 +240,7 @@ def translate(clip: torch.Tensor, offset: float, *, vertical: bool, fill) -> tor
         cv2.addWeighted(
             flat_src[:, (start + k) * unit:(stop + k) * unit], 1.0 - weight,
             flat_src[:, (start + k + 1) * unit:(stop + k + 1) * unit], weight,
-            -0.5 + 1e-3, dst=flat_dst[:, start * unit:stop * unit],  # truncate, as PIL does
+            TRUNCATE, dst=flat_dst[:, start * unit:stop * unit],
         )
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
@@ -257,8 +261,7 @@ def sharpness(clip: torch.Tensor, factor: float) -> torch.Tensor:
     for src, dst in zip(frames, out, strict=True):
         smooth = cv2.filter2D(src, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
         smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1] = src[0], src[-1], src[:, 0], src[:, -1]
-        # PIL truncates smooth + factor * (src - smooth); OpenCV rounds, so shift by just under 1/2
-        cv2.addWeighted(smooth, 1.0 - factor, src, factor, -0.5 + 1e-3, dst=dst)
+        cv2.addWeighted(smooth, 1.0 - factor, src, factor, TRUNCATE, dst=dst)  # smooth + factor * (src - smooth)
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
@@ -361,9 +364,8 @@ def color(clip: torch.Tensor, factor: float) -> torch.Tensor:
     t, h, w, ch = frames.shape
     grey = cv2.cvtColor(_luma(frames).reshape(t * h, w), cv2.COLOR_GRAY2RGB)
     out = np.empty_like(frames)
-    # PIL truncates grey + factor * (frame - grey); OpenCV rounds, so shift by just under 1/2
-    cv2.addWeighted(grey, 1.0 - factor, frames.reshape(t * h, w, ch), factor, -0.5 + 1e-3,
-                    dst=out.reshape(t * h, w, ch))
+    # grey + factor * (frame - grey)
+    cv2.addWeighted(grey, 1.0 - factor, frames.reshape(t * h, w, ch), factor, TRUNCATE, dst=out.reshape(t * h, w, ch))
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
