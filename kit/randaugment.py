@@ -57,7 +57,7 @@ SHARPNESS_OPS = frozenset({"Sharpness", "SharpnessIncreasing"})
 STATISTICS_OPS = frozenset({"AutoContrast", "Equalize", "Contrast", "ContrastIncreasing", "Color", "ColorIncreasing"})
 
 # PIL's Image.blend truncates its float result, OpenCV's addWeighted rounds: added to addWeighted's sum,
-# this shift by just under 1/2 truncates (off by one only where the sum lies within 1e-3 below a whole number)
+# this shift by just under 1/2 turns the rounding into truncation (where the two sums agree to 1e-3)
 TRUNCATE = -0.5 + 1e-3
 
 
