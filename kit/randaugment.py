@@ -117,9 +117,7 @@ class ClipRandAugment:
         if name in SHARPNESS_OPS:
             return sharpness(clip, *args)
         if name in STATISTICS_OPS:
-            op = {"AutoContrast": auto_contrast, "Equalize": equalize}.get(name)
-            op = op or (contrast if name.startswith("Contrast") else color)
-            return op(clip, *args)
+            return _STATISTICS[name](clip, *args)
         return _per_frame_pil(clip, partial(fn, **{k: v for k, v in kwargs.items() if k != "resample"}), args)
 
 
@@ -367,6 +365,12 @@ def color(clip: torch.Tensor, factor: float) -> torch.Tensor:
     # grey + factor * (frame - grey)
     cv2.addWeighted(grey, 1.0 - factor, frames.reshape(t * h, w, ch), factor, TRUNCATE, dst=out.reshape(t * h, w, ch))
     return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+_STATISTICS = {
+    "AutoContrast": auto_contrast, "Equalize": equalize, "Contrast": contrast, "ContrastIncreasing": contrast,
+    "Color": color, "ColorIncreasing": color,
+}
 
 
 # ---------------------------------------------------------------- other ops

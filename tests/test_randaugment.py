@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from timm.data import auto_augment as timm_aa
 
+from kit import randaugment
 from kit.randaugment import (
     GEOMETRIC_OPS,
     POINTWISE_OPS,
@@ -57,6 +58,7 @@ def test_timm_parses_the_spec_and_its_op_set_is_kept():
         "Sharpness",  # PIL's filter and blend, rebuilt with OpenCV: within one level
     }
     assert set(timm_aa._RAND_TRANSFORMS) & STATISTICS_OPS == {"AutoContrast", "Equalize", "Color", "Contrast"}
+    assert STATISTICS_OPS == set(randaugment._STATISTICS)  # each of them has its rebuild
 
 
 def test_sampled_plan_follows_timm_layers_and_magnitudes():
