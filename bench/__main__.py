@@ -138,18 +138,28 @@ def loader_lines(*, sizes: dict, cache: Path, workers: int, device: str) -> list
     of finishing their uint8 batches on ``device``."""
     from bench import loader
     from kit.config import load_params
+    from kit.transforms import EvalPreset
 
     demo = load_params(DEMO_PARAMS, []).data
     ref = load_params(REFERENCE_PARAMS, [])
+
+    def frames(size: int, crop: int, short_side: int | None) -> str:
+        # what the eval loader does to the synthetic set's square frames before its crop
+        short = EvalPreset(crop=crop, short_side=short_side).short_side
+        return f"{size} px frames, " + ("no eval resize" if short == size else f"eval resize to {short}")
+
     settings = [
         (
-            f"demo size ({demo.frames} frames, crop {demo.crop})",
+            f"demo size ({demo.frames} frames, crop {demo.crop}; "
+            f"{frames(demo.synthetic_size, demo.crop, demo.short_side)})",
             _synthetic_set(cache, size=demo.synthetic_size, clips_per_class=sizes["demo_clips_per_class"], num_classes=8),
             dict(frames=demo.frames, crop=demo.crop, short_side=demo.short_side, randaugment=demo.randaugment,
                  random_erasing=demo.random_erasing, max_clips=sizes["demo_max_clips"], batch_size=8),
         ),
         (
-            f"{sizes['large_frames']} frames x {sizes['large_size']} (augmentations of {REFERENCE_PARAMS.name})",
+            f"{sizes['large_frames']} frames x {sizes['large_size']} "
+            f"({frames(sizes['large_size'], sizes['large_size'], ref.data.short_side)}; "
+            f"augmentations of {REFERENCE_PARAMS.name})",
             _synthetic_set(cache, size=sizes["large_size"], clips_per_class=sizes["large_clips_per_class"],
                            num_classes=sizes["large_classes"]),
             dict(frames=sizes["large_frames"], crop=sizes["large_size"], short_side=ref.data.short_side,

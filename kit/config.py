@@ -57,7 +57,7 @@ class DataConfig:
     sampling: Literal["uniform", "dense"] = "uniform"  # TSN-style segments, or a dense window
     stride: int = 2  # frame step of dense sampling
     crop: int = 224  # model input side, pixels
-    short_side: int | None = None  # eval resize of the short side; None = crop * 8 / 7
+    short_side: int | None = None  # eval resize of the short side (>= crop); None = crop * 8 / 7
     train_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area
     hflip: float = 0.5  # horizontal flip probability in training
     randaugment: str | None = "rand-m7-n4-mstd0.5"  # timm RandAugment spec, None = off
@@ -427,6 +427,11 @@ def _check_values(p: Params) -> None:
         ("adapt_bn.num_batches", p.adapt_bn.num_batches), ("nproc_per_node", p.nproc_per_node),
     ]:
         positive(key, v)
+    if p.data.short_side is not None and p.data.short_side < p.data.crop:
+        raise ParamsError(
+            f"data.short_side {p.data.short_side} is smaller than data.crop {p.data.crop}: "
+            "the evaluation crop must fit in the resized frame"
+        )
     for key, c in [("eval.crops", p.eval.crops), ("pseudo.crops", p.pseudo.crops)]:
         if c not in (1, 3):
             raise ParamsError(f"{key} must be 1 (centre) or 3 (left/centre/right), got {c}")

@@ -99,6 +99,8 @@ def test_value_checks(params_dir):
         load_params(params_dir / "run.yaml", ["train.val_every=0"])
     with pytest.raises(ParamsError, match="unique"):
         load_params(params_dir / "run.yaml", ["models=[{name: a}, {name: a}]"])
+    with pytest.raises(ParamsError, match=r"data\.short_side 40 is smaller than data\.crop 48"):
+        load_params(params_dir / "run.yaml", ["data.crop=48", "data.short_side=40"])
 
 
 def test_override_parsing():

@@ -63,6 +63,19 @@ def test_take_lut_any_shape_and_layout(shape):
         take_lut(frames.astype(np.int16), lut)
 
 
+def test_take_lut_reads_a_crop_in_place_and_writes_into_out():
+    rng = np.random.default_rng(2)
+    lut = rng.integers(0, 256, 256, dtype=np.uint8)
+    frames = rng.integers(0, 256, (3, 20, 30, 3), dtype=np.uint8)
+    crop = frames[:, 2:18, 5:21]  # strided rows, as an eval crop of decoded frames
+    out = np.zeros((3, 16, 16, 3), dtype=np.uint8)
+    assert take_lut(crop, lut, out=out) is out and np.array_equal(out, lut[crop])
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous uint8 array of shape \(3, 16, 16, 3\)"):
+        take_lut(crop, lut, out=np.zeros((3, 16, 16, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        take_lut(crop, lut, out=np.zeros((3, 16, 16, 3), dtype=np.uint8, order="F"))
+
+
 def test_normalize_layout_and_values():
     x = torch.full((2, 3, 4, 8, 8), 115, dtype=torch.uint8)  # 115/255 = 0.451
     out = normalize(cthw_view(x.permute(0, 2, 3, 4, 1).contiguous()))  # channels-last in memory
@@ -156,6 +169,18 @@ def test_eval_preset_three_crops_top_centre_bottom_on_portrait():
     full = torch.from_numpy(frames).permute(3, 0, 1, 2)
     for k, top in enumerate([0, 16, 32]):
         assert torch.equal(out[k], full[..., top : top + 64, :])
+
+
+@pytest.mark.parametrize("gamma", [None, 0.25])
+def test_eval_preset_without_resize_writes_the_crop_into_out(gamma):
+    frames = _clip(t=3, h=48, w=64, seed=3)
+    preset = EvalPreset(crop=40, short_side=48, gamma=gamma)
+    want = torch.from_numpy(frames[:, 4:44, 12:52] if gamma is None else gamma_lut(gamma)[frames[:, 4:44, 12:52]])
+    out = empty_clip(preset.output_shape(3))
+    assert preset(frames, out=out) is out and torch.equal(out, want.permute(3, 0, 1, 2))
+    assert torch.equal(preset(torch.from_numpy(frames)), out)  # decoded frames as a tensor, no out
+    slot = torch.zeros(3, 3, 40, 40, dtype=torch.uint8)  # an out of another memory layout
+    assert torch.equal(preset(frames, out=slot), out)
 
 
 def test_eval_preset_gamma_finish_and_errors():

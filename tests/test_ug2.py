@@ -270,6 +270,7 @@ def test_cli_prepares_and_checks(source, tmp_path, capsys):
 def test_recipe_is_the_reference_recipe(recipe, tmp_path):
     params = load_params(recipe)
     assert params.data.root == "data/ug2" and params.data.frames == 32 and params.data.crop == 224
+    assert params.data.short_side == 224  # test: short side 224, then the centre (or 3) crops
     assert params.data.num_samples == 2 and params.data.randaugment == "rand-m7-n4-mstd0.5"
     assert (params.eval.views, params.eval.crops, params.eval.gamma, params.pseudo.gamma) == (1, 3, 0.25, 0.25)
     assert params.adapt_bn.num_batches == 200 and params.pseudo.rounds == 4
