@@ -15,7 +15,12 @@ Measured 2026-11-26 (``--device cuda --models uniformer_b,slowfast_r101 --frames
 (``bench/RESULTS.md``). The SlowFast gap is its 212 BatchNorm layers: PyTorch's CUDA kernel for the
 batch statistics runs one thread block per channel, and 118 of them have at most 128 channels
 (the H100 has 132 multiprocessors).
-CPU, 1 thread, defaults with ``--frames 16``: uniformer_tiny 1.10, slowfast_tiny 1.17.
+CPU, 1 thread, defaults with ``--frames 16``: uniformer_tiny 1.10, slowfast_tiny 1.17. On the CPU the
+gap is PyTorch's statistics kernel for contiguous ``(N, C, T, H, W)`` input: per channel, a scalar loop
+with a double-precision sum, once for the mean and once for the variance, where the eval-mode kernel
+is one vectorised pass (``python -m bench.hotspots adapt_bn``). Statistics from torch's float
+reductions in a forward pre-hook, the layer then run in eval mode on them, were slower still on the
+tiny models: about ten small operator calls per layer and batch cost more than the kernel saves.
 """
 
 from __future__ import annotations
