@@ -143,7 +143,7 @@ def loader_lines(*, sizes: dict, cache: Path, workers: int, device: str) -> list
     demo = load_params(DEMO_PARAMS, []).data
     ref = load_params(REFERENCE_PARAMS, [])
 
-    def frames(size: int, crop: int, short_side: int | None) -> str:
+    def source(size: int, crop: int, short_side: int | None) -> str:
         # what the eval loader does to the synthetic set's square frames before its crop
         short = EvalPreset(crop=crop, short_side=short_side).short_side
         return f"{size} px frames, " + ("no eval resize" if short == size else f"eval resize to {short}")
@@ -151,14 +151,14 @@ def loader_lines(*, sizes: dict, cache: Path, workers: int, device: str) -> list
     settings = [
         (
             f"demo size ({demo.frames} frames, crop {demo.crop}; "
-            f"{frames(demo.synthetic_size, demo.crop, demo.short_side)})",
+            f"{source(demo.synthetic_size, demo.crop, demo.short_side)})",
             _synthetic_set(cache, size=demo.synthetic_size, clips_per_class=sizes["demo_clips_per_class"], num_classes=8),
             dict(frames=demo.frames, crop=demo.crop, short_side=demo.short_side, randaugment=demo.randaugment,
                  random_erasing=demo.random_erasing, max_clips=sizes["demo_max_clips"], batch_size=8),
         ),
         (
             f"{sizes['large_frames']} frames x {sizes['large_size']} "
-            f"({frames(sizes['large_size'], sizes['large_size'], ref.data.short_side)}; "
+            f"({source(sizes['large_size'], sizes['large_size'], ref.data.short_side)}; "
             f"augmentations of {REFERENCE_PARAMS.name})",
             _synthetic_set(cache, size=sizes["large_size"], clips_per_class=sizes["large_clips_per_class"],
                            num_classes=sizes["large_classes"]),
