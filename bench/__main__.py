@@ -53,8 +53,9 @@ GPU_MODELS = ("uniformer_b", "mvit_b", "slowfast_r101")
 # sizes of every measurement: full CPU, full CUDA, and --quick (tests)
 SIZES = {
     "cpu": dict(
-        # demo-size passes of 128 clips and 5 Adapt BN repeats: shorter ones moved by +-0.1 run to run
-        demo_clips_per_class=16, demo_max_clips=128, large_classes=2, large_clips_per_class=8,
+        # demo-size passes of 128 clips and 5 Adapt BN repeats: shorter ones moved by +-0.1 run to run;
+        # 32 clips at 32 x 224, as the train loader's cost depends on each clip's RandAugment draws
+        demo_clips_per_class=16, demo_max_clips=128, large_classes=2, large_clips_per_class=16,
         large_size=224, large_frames=32,
         loader_repeats=3, models=TINY_MODELS, model_frames=8, model_size=64, model_batch=2,
         amp="none", min_seconds=1.0, attention_model="uniformer_tiny",
