@@ -326,13 +326,12 @@ def equalize(clip: torch.Tensor) -> torch.Tensor:
 
 
 def _luma(frames: np.ndarray) -> np.ndarray:
-    """PIL's ``convert("L")`` of every frame of uint8 ``(T, H, W, 3)``: ``(T, H, W)``."""
+    """PIL's ``convert("L")`` of every frame of uint8 ``(T, H, W, 3)``: ``(T, H, W)``. The conversion is
+    per pixel, so the frames go through as one tall image."""
     from PIL import Image
 
-    out = np.empty(frames.shape[:3], dtype=np.uint8)
-    for src, dst in zip(frames, out, strict=True):
-        dst[:] = np.asarray(Image.fromarray(src).convert("L"))
-    return out
+    t, h, w, ch = frames.shape
+    return np.asarray(Image.fromarray(frames.reshape(t * h, w, ch)).convert("L")).reshape(t, h, w)
 
 
 def _blend_table(base: np.ndarray, factor: float) -> np.ndarray:
