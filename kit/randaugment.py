@@ -26,10 +26,15 @@ sampled plan. The plan is then applied to the uint8 clip ``(T, C, H, W)`` as a w
   ``addWeighted``, within one level as Sharpness (4-6 ms each, against 8-10 ms for PIL frame by frame);
 - any other op timm may add: timm's PIL function frame by frame, with the same arguments.
 
+Every rebuilt op takes ``out=``: a uint8 ``(T, C, H, W)`` tensor stored ``(T, H, W, C)`` in memory
+(a :func:`kit.transforms.empty_clip` slot of a batch, permuted) that receives its result, so the
+last op of a clip writes straight into the clip's slot of the batch.
+
 Example::
 
     ra = ClipRandAugment("rand-m7-n4-mstd0.5", {"translate_const": 100, "img_mean": (115, 115, 115)})
     clip = ra(clip)                           # uint8 (T, C, H, W) -> uint8 (T, C, H, W)
+    ra(clip, out=slot)                        # the result in ``slot`` when an op fired
 """
 
 from __future__ import annotations
@@ -94,31 +99,65 @@ class ClipRandAugment:
         """The ops that fire on the next clip: ``(name, args, kwargs)`` as timm would call them."""
         return self._sampler([])
 
-    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(T, C, H, W)`` -> uint8 ``(T, C, H, W)``."""
+    def __call__(self, clip: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 ``(T, C, H, W)`` -> uint8 ``(T, C, H, W)``. With ``out`` (see the module's docstring),
+        the last op that fires writes into it and ``out`` is returned; when none fires, ``clip`` is."""
         if clip.dtype != torch.uint8 or clip.ndim != 4:
             raise ValueError(f"clip must be uint8 (T, C, H, W), got {clip.dtype} {tuple(clip.shape)}")
-        for name, args, kwargs in self.sample():
-            clip = self.apply(clip, name, args, kwargs)
+        if out is not None:
+            _out_frames(out, clip.shape)  # checked before any work
+        plan = self.sample()
+        for i, (name, args, kwargs) in enumerate(plan):
+            clip = self.apply(clip, name, args, kwargs, out=out if i == len(plan) - 1 else None)
         return clip
 
-    def apply(self, clip: torch.Tensor, name: str, args: tuple, kwargs: dict) -> torch.Tensor:
-        """One sampled op on the whole clip (uint8 ``(T, C, H, W)``)."""
+    def apply(
+        self, clip: torch.Tensor, name: str, args: tuple, kwargs: dict, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One sampled op on the whole clip (uint8 ``(T, C, H, W)``), into ``out`` when given."""
         fn = self._pil[name]
         if name in POINTWISE_OPS:
-            return apply_lut(clip, pointwise_lut(fn, args, clip.shape[1]))
+            return apply_lut(clip, pointwise_lut(fn, args, clip.shape[1]), out=out)
         if name in GEOMETRIC_OPS:
             h, w = clip.shape[-2:]
             coefficients = affine_coefficients(name, args, height=h, width=w)
             if name in TRANSLATE_OPS:
                 vertical = name.startswith("TranslateY")
-                return translate(clip, coefficients[5 if vertical else 2], vertical=vertical, fill=kwargs["fillcolor"])
-            return pil_affine(clip, coefficients, kwargs["fillcolor"])
+                offset = coefficients[5 if vertical else 2]
+                return translate(clip, offset, vertical=vertical, fill=kwargs["fillcolor"], out=out)
+            return pil_affine(clip, coefficients, kwargs["fillcolor"], out=out)
         if name in SHARPNESS_OPS:
-            return sharpness(clip, *args)
+            return sharpness(clip, *args, out=out)
         if name in STATISTICS_OPS:
-            return _STATISTICS[name](clip, *args)
-        return _per_frame_pil(clip, partial(fn, **{k: v for k, v in kwargs.items() if k != "resample"}), args)
+            return _STATISTICS[name](clip, *args, out=out)
+        fn = partial(fn, **{k: v for k, v in kwargs.items() if k != "resample"})
+        return _per_frame_pil(clip, fn, args, out=out)
+
+
+def _out_frames(out: torch.Tensor | None, shape) -> np.ndarray | None:
+    """The ``(T, H, W, C)`` numpy view of ``out``, a uint8 ``(T, C, H, W)`` tensor of ``shape`` stored
+    ``(T, H, W, C)``; None for None."""
+    if out is None:
+        return None
+    if out.dtype != torch.uint8 or tuple(out.shape) != tuple(shape) or out.device.type != "cpu":
+        raise ValueError(f"out must be a uint8 CPU tensor {tuple(shape)}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    frames = out.permute(0, 2, 3, 1)
+    if not frames.is_contiguous():
+        raise ValueError("out must be stored (T, H, W, C) in memory, as kit.transforms.empty_clip makes a clip")
+    return frames.numpy()
+
+
+def _target(frames: np.ndarray, out: torch.Tensor | None) -> np.ndarray:
+    # where an op writes its (T, H, W, C) result: ``out``'s memory, or a new array like ``frames``
+    if out is None:
+        return np.empty_like(frames)
+    t, h, w, ch = frames.shape
+    return _out_frames(out, (t, ch, h, w))
+
+
+def _result(dst: np.ndarray, out: torch.Tensor | None) -> torch.Tensor:
+    # an op's (T, C, H, W) result: ``out`` itself when the op wrote there
+    return out if out is not None else torch.from_numpy(dst).permute(0, 3, 1, 2)
 
 
 # ---------------------------------------------------------------- pointwise ops
@@ -135,19 +174,24 @@ def pointwise_lut(fn, args: tuple, channels: int) -> np.ndarray:
     return np.ascontiguousarray(out[0].T[:channels])
 
 
-def apply_lut(clip: torch.Tensor, lut: np.ndarray) -> torch.Tensor:
-    """uint8 ``(T, C, H, W)`` through a per-channel ``(C, 256)`` uint8 table; keeps the memory layout."""
+def apply_lut(clip: torch.Tensor, lut: np.ndarray, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 ``(T, C, H, W)`` through a per-channel ``(C, 256)`` uint8 table; keeps the memory layout
+    (or writes into ``out``)."""
     if all(np.array_equal(lut[0], lut[c]) for c in range(1, len(lut))):
         # one table: the op is pointwise, run it over the memory as it lies (channels last after a resize)
+        if out is not None:
+            take_lut(clip.permute(0, 2, 3, 1).numpy(), lut[0], out=_out_frames(out, clip.shape))
+            return out
         last = not clip.is_contiguous() and clip.is_contiguous(memory_format=torch.channels_last)
         frames = (clip.permute(0, 2, 3, 1) if last else clip.contiguous()).numpy()
-        out = torch.from_numpy(take_lut(frames, lut[0]))
-        return out.permute(0, 3, 1, 2) if last else out
+        result = torch.from_numpy(take_lut(frames, lut[0]))
+        return result.permute(0, 3, 1, 2) if last else result
     t, ch, h, w = clip.shape
     frames = _hwc_frames(clip)  # OpenCV takes a table per channel for channels-last pixels
     table = np.ascontiguousarray(np.asarray(lut, dtype=np.uint8).T.reshape(1, 256, ch))
-    out = cv2.LUT(frames.reshape(t * h, w, ch), table).reshape(t, h, w, ch)
-    return torch.from_numpy(out).permute(0, 3, 1, 2)
+    dst = _target(frames, out)
+    cv2.LUT(frames.reshape(t * h, w, ch), table, dst=dst.reshape(t * h, w, ch))
+    return _result(dst, out)
 
 
 def _hwc_frames(clip: torch.Tensor) -> np.ndarray:
@@ -179,7 +223,7 @@ def affine_coefficients(name: str, args: tuple, *, height: int, width: int) -> t
     raise ValueError(f"{name} is not a geometric op")
 
 
-def pil_affine(clip: torch.Tensor, coefficients, fill) -> torch.Tensor:
+def pil_affine(clip: torch.Tensor, coefficients, fill, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """PIL's bilinear ``Image.transform(size, AFFINE, coefficients, fillcolor=fill)`` on every frame of
     a uint8 clip ``(T, C, H, W)``: input points outside the frame take ``fill`` (one value per
     channel), inside it edge pixels repeat, as in PIL. Within one level of PIL's result.
@@ -198,14 +242,16 @@ def pil_affine(clip: torch.Tensor, coefficients, fill) -> torch.Tensor:
     fill_frame = np.empty((h, w, ch), dtype=np.uint8)
     fill_frame[:] = [int(v) for v in fill][:ch]
     frames = _hwc_frames(clip)
-    out = np.empty_like(frames)
-    for src, dst in zip(frames, out, strict=True):
+    target = _target(frames, out)
+    for src, dst in zip(frames, target, strict=True):
         cv2.remap(src, points, weights, cv2.INTER_LINEAR, dst=dst, borderMode=cv2.BORDER_REPLICATE)
         cv2.copyTo(fill_frame, outside, dst)  # in place: the fill where ``outside`` is set
-    return torch.from_numpy(out).permute(0, 3, 1, 2)
+    return _result(target, out)
 
 
-def translate(clip: torch.Tensor, offset: float, *, vertical: bool, fill) -> torch.Tensor:
+def translate(
+    clip: torch.Tensor, offset: float, *, vertical: bool, fill, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """PIL's bilinear ``Image.transform(size, AFFINE, (1, 0, offset, 0, 1, 0), fillcolor=fill)`` (with
     ``vertical``: ``(1, 0, 0, 0, 1, offset)``) on every frame of a uint8 clip ``(T, C, H, W)``. Every
     output pixel blends the same two neighbours along the shifted axis with the same weights, so the
@@ -216,15 +262,15 @@ def translate(clip: torch.Tensor, offset: float, *, vertical: bool, fill) -> tor
     # (rows, n, unit): the shifted axis in the middle, each of its positions a run of ``unit`` values
     shape = (t, h, w * ch) if vertical else (t * h, w, ch)
     src = frames.reshape(shape)
-    out = np.empty_like(frames)
-    dst = out.reshape(shape)
+    target = _target(frames, out)
+    dst = target.reshape(shape)
     n, unit = shape[1], shape[2]
     fill_run = np.tile(np.array([int(v) for v in fill][:ch], dtype=np.uint8), unit // ch)
     pos = np.arange(n) + 0.5 + offset  # PIL's input coordinate of each output pixel's centre
     inside = np.flatnonzero((pos >= 0) & (pos < n))
     if inside.size == 0:
         dst[:] = fill_run
-        return torch.from_numpy(out).permute(0, 3, 1, 2)
+        return _result(target, out)
     lo, hi = int(inside[0]), int(inside[-1]) + 1
     k = math.floor(offset)
     weight = offset - k  # of the input pixel at x + k + 1; 1 - weight for x + k
@@ -240,7 +286,7 @@ def translate(clip: torch.Tensor, offset: float, *, vertical: bool, fill) -> tor
             flat_src[:, (start + k + 1) * unit:(stop + k + 1) * unit], weight,
             TRUNCATE, dst=flat_dst[:, start * unit:stop * unit],
         )
-    return torch.from_numpy(out).permute(0, 3, 1, 2)
+    return _result(target, out)
 
 
 # ---------------------------------------------------------------- Sharpness
@@ -248,19 +294,19 @@ def translate(clip: torch.Tensor, offset: float, *, vertical: bool, fill) -> tor
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13  # PIL's ImageFilter.SMOOTH
 
 
-def sharpness(clip: torch.Tensor, factor: float) -> torch.Tensor:
+def sharpness(clip: torch.Tensor, factor: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """PIL's ``ImageEnhance.Sharpness(frame).enhance(factor)`` on every frame of a uint8 clip
     ``(T, C, H, W)``: the SMOOTH-filtered frame (border pixels kept, as PIL's) blended towards the
     frame by ``factor`` and truncated to uint8, as PIL's ``Image.blend`` does. Within one level of
     PIL's result: PIL truncates its float32 ``smooth + factor * (frame - smooth)``, and where that
     lands a rounding error below a whole number the two differ by one."""
     frames = _hwc_frames(clip)
-    out = np.empty_like(frames)
-    for src, dst in zip(frames, out, strict=True):
+    target = _target(frames, out)
+    for src, dst in zip(frames, target, strict=True):
         smooth = cv2.filter2D(src, -1, _SMOOTH, borderType=cv2.BORDER_REPLICATE)
         smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1] = src[0], src[-1], src[:, 0], src[:, -1]
         cv2.addWeighted(smooth, 1.0 - factor, src, factor, TRUNCATE, dst=dst)  # smooth + factor * (src - smooth)
-    return torch.from_numpy(out).permute(0, 3, 1, 2)
+    return _result(target, out)
 
 
 # ---------------------------------------------------------------- ops on per-frame statistics
@@ -276,17 +322,17 @@ def _histograms(frames: np.ndarray) -> np.ndarray:
     return out
 
 
-def _frame_tables(frames: np.ndarray, tables: np.ndarray) -> torch.Tensor:
+def _frame_tables(frames: np.ndarray, tables: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
     """Every frame of uint8 ``(T, H, W, C)`` through its own tables: ``(T, C, 256)`` (one per channel)
-    or ``(T, 256)`` (one for all channels). Returns the ``(T, C, H, W)`` clip."""
-    out = np.empty_like(frames)
+    or ``(T, 256)`` (one for all channels). Returns the ``(T, C, H, W)`` clip (``out`` when given)."""
+    target = _target(frames, out)
     ch = frames.shape[-1]
     tables = np.clip(tables, 0, 255).astype(np.uint8)
     if tables.ndim == 3:  # OpenCV takes a table per channel as one (1, 256, C) array
         tables = np.ascontiguousarray(tables.transpose(0, 2, 1).reshape(len(tables), 1, 256, ch))
-    for src, dst, table in zip(frames, out, tables, strict=True):
+    for src, dst, table in zip(frames, target, tables, strict=True):
         cv2.LUT(src, table, dst=dst)
-    return torch.from_numpy(out).permute(0, 3, 1, 2)
+    return _result(target, out)
 
 
 def _identity_where(flat: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -294,7 +340,7 @@ def _identity_where(flat: np.ndarray, table: np.ndarray) -> np.ndarray:
     return np.where(flat[..., None], np.arange(256), table)
 
 
-def auto_contrast(clip: torch.Tensor) -> torch.Tensor:
+def auto_contrast(clip: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """PIL's ``ImageOps.autocontrast(frame)`` on every frame of a uint8 clip ``(T, C, H, W)``, bit-exact:
     per frame and channel, the darkest level maps to 0 and the brightest to 255, as PIL computes it
     (``int(i * scale + offset)`` in double precision, clipped)."""
@@ -306,10 +352,10 @@ def auto_contrast(clip: torch.Tensor) -> torch.Tensor:
     scale = 255.0 / np.where(flat, 1, hi - lo)
     offset = -lo * scale
     table = np.trunc(np.arange(256) * scale[..., None] + offset[..., None])
-    return _frame_tables(frames, _identity_where(flat, table))
+    return _frame_tables(frames, _identity_where(flat, table), out)
 
 
-def equalize(clip: torch.Tensor) -> torch.Tensor:
+def equalize(clip: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """PIL's ``ImageOps.equalize(frame)`` on every frame of a uint8 clip ``(T, C, H, W)``, bit-exact: per
     frame and channel, level ``i`` maps to ``(step // 2 + pixels below i) // step``, ``step`` being the
     pixels below the brightest level over 255 (identity for a frame of one level or a zero step)."""
@@ -322,7 +368,7 @@ def equalize(clip: torch.Tensor) -> torch.Tensor:
     step = np.where(flat, 1, step)
     below = np.cumsum(hist, axis=-1) - hist  # pixels below each level
     table = (step[..., None] // 2 + below) // step[..., None]
-    return _frame_tables(frames, _identity_where(flat, table))
+    return _frame_tables(frames, _identity_where(flat, table), out)
 
 
 def _luma(frames: np.ndarray) -> np.ndarray:
@@ -343,27 +389,28 @@ def _blend_table(base: np.ndarray, factor: float) -> np.ndarray:
     return np.trunc(value)  # negative ones are clipped to 0 later, as PIL does
 
 
-def contrast(clip: torch.Tensor, factor: float) -> torch.Tensor:
+def contrast(clip: torch.Tensor, factor: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """PIL's ``ImageEnhance.Contrast(frame).enhance(factor)`` on every frame of a uint8 clip
     ``(T, C, H, W)``, bit-exact: each frame blended with its mean grey level (rounded as PIL does)."""
     frames = _hwc_frames(clip)
     luma = _luma(frames)
     n = luma[0].size
     means = [int(int(frame.sum(dtype=np.int64)) / n + 0.5) for frame in luma]
-    return _frame_tables(frames, _blend_table(np.array(means), factor))
+    return _frame_tables(frames, _blend_table(np.array(means), factor), out)
 
 
-def color(clip: torch.Tensor, factor: float) -> torch.Tensor:
+def color(clip: torch.Tensor, factor: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """PIL's ``ImageEnhance.Color(frame).enhance(factor)`` on every frame of a uint8 clip ``(T, C, H, W)``:
     PIL's grey frame blended towards the frame by ``factor``, with OpenCV's ``addWeighted``. Within one
     level of PIL's result, as :func:`sharpness`."""
     frames = _hwc_frames(clip)
     t, h, w, ch = frames.shape
     grey = cv2.cvtColor(_luma(frames).reshape(t * h, w), cv2.COLOR_GRAY2RGB)
-    out = np.empty_like(frames)
+    target = _target(frames, out)
     # grey + factor * (frame - grey)
-    cv2.addWeighted(grey, 1.0 - factor, frames.reshape(t * h, w, ch), factor, TRUNCATE, dst=out.reshape(t * h, w, ch))
-    return torch.from_numpy(out).permute(0, 3, 1, 2)
+    blend = target.reshape(t * h, w, ch)
+    cv2.addWeighted(grey, 1.0 - factor, frames.reshape(t * h, w, ch), factor, TRUNCATE, dst=blend)
+    return _result(target, out)
 
 
 _STATISTICS = {
@@ -375,11 +422,11 @@ _STATISTICS = {
 # ---------------------------------------------------------------- other ops
 
 
-def _per_frame_pil(clip: torch.Tensor, fn, args: tuple) -> torch.Tensor:
+def _per_frame_pil(clip: torch.Tensor, fn, args: tuple, *, out: torch.Tensor | None = None) -> torch.Tensor:
     from PIL import Image
 
     frames = clip.permute(0, 2, 3, 1).numpy()
-    out = np.empty(frames.shape, dtype=np.uint8)
+    target = _target(frames, out)
     for i, frame in enumerate(frames):
-        out[i] = np.asarray(fn(Image.fromarray(frame), *args))
-    return torch.from_numpy(out).permute(0, 3, 1, 2)
+        target[i] = np.asarray(fn(Image.fromarray(frame), *args))
+    return _result(target, out)

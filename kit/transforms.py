@@ -154,9 +154,14 @@ def _into(clip_tchw: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     t, c, h, w = clip_tchw.shape
     if out is None:
         out = empty_clip((c, t, h, w))
-    elif out.dtype != torch.uint8 or out.shape != (c, t, h, w):
-        raise ValueError(f"out must be uint8 {(c, t, h, w)}, got {out.dtype} {tuple(out.shape)}")
+    else:
+        _check_out(out, (c, t, h, w))
     return out.copy_(clip_tchw.permute(1, 0, 2, 3))
+
+
+def _check_out(out: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if out.dtype != torch.uint8 or tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out must be uint8 {tuple(shape)}, got {out.dtype} {tuple(out.shape)}")
 
 
 def _resize_short(clip_tchw: torch.Tensor, short_side: int) -> torch.Tensor:
@@ -230,12 +235,18 @@ class TrainPreset:
         """``frames``: uint8 ``(T, H, W, 3)``. Returns uint8 ``(C, T, crop, crop)``, written into
         ``out`` when given (a uint8 tensor of :meth:`output_shape`, best made by :func:`empty_clip`)."""
         clip = _to_tchw(apply_gamma(frames, self.gamma))
+        if out is not None:
+            _check_out(out, self.output_shape(clip.shape[0]))
         top, left, h, w = RandomResizedCrop.get_params(clip, list(self.scale), list(self.ratio))
         clip = TF.resized_crop(clip, top, left, h, w, [self.crop, self.crop], antialias=True)
         if self.hflip > 0 and torch.rand(()) < self.hflip:
             clip = clip.flip(-1)
         if self._ra is not None:
-            clip = self._ra(clip)
+            # the last op that fires writes into the clip's slot, when it lies as an empty_clip does
+            slot = out.transpose(0, 1) if out is not None and out.permute(1, 2, 3, 0).is_contiguous() else None
+            clip = self._ra(clip, out=slot)
+            if clip is slot:
+                return out
         return _into(clip, out)
 
     def finish(self, videos: torch.Tensor) -> torch.Tensor:

@@ -205,6 +205,53 @@ def test_every_op_applies_the_same_to_every_frame():
             assert np.array_equal(_hwc(out, 0), np.asarray(ref)), name
 
 
+@pytest.mark.parametrize("spec", ["rand-m9-n4-mstd0.5", "rand-m9-n3-t3a"])
+def test_every_op_writes_the_same_result_into_out(spec):
+    ra = ClipRandAugment(spec, HPARAMS)
+    frames = [_frame(seed=s) for s in range(3)]
+    for name in [op.name for op in ra.timm.ops]:
+        op = next(op for op in ra.timm.ops if op.name == name)
+        random.seed(3)
+        args = op.level_fn(9, op.hparams) if op.level_fn else ()
+        kwargs = {"fillcolor": FILL, "resample": Image.BILINEAR}
+        for clip in (_clip(frames), _clip(frames).contiguous()):  # channels last, and (T, C, H, W) in memory
+            want = ra.apply(clip, name, args, kwargs)
+            slot = torch.full((3, 48, 64, 3), 7, dtype=torch.uint8).permute(0, 3, 1, 2)
+            got = ra.apply(clip, name, args, kwargs, out=slot)
+            assert got is slot and torch.equal(got, want), name
+
+
+def test_per_channel_tables_write_into_out():
+    clip = _clip([_frame(seed=s) for s in range(2)])
+    lut = np.stack([np.arange(256), 255 - np.arange(256), np.full(256, 9)]).astype(np.uint8)
+    slot = torch.zeros((2, 48, 64, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    assert apply_lut(clip, lut, out=slot) is slot and torch.equal(slot, apply_lut(clip, lut))
+
+
+def test_call_writes_the_last_op_into_out_and_rejects_a_bad_out():
+    ra = ClipRandAugment("rand-m9-n4-mstd0.5", HPARAMS)
+    clip = _clip([_frame(seed=s) for s in range(3)])
+    wrote = 0
+    for seed in range(30):
+        random.seed(seed)
+        np.random.seed(seed)
+        want = ra(clip)
+        random.seed(seed)
+        np.random.seed(seed)
+        slot = torch.zeros((3, 48, 64, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+        got = ra(clip, out=slot)
+        assert torch.equal(got, want)
+        if got is slot:
+            wrote += 1
+        else:  # no op fired: the clip itself, the slot untouched
+            assert got is clip and not slot.any()
+    assert 0 < wrote < 30
+    with pytest.raises(ValueError, match=r"out must be a uint8 CPU tensor \(3, 3, 48, 64\)"):
+        ra(clip, out=torch.zeros((3, 3, 48, 32), dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"stored \(T, H, W, C\)"):
+        ra(clip, out=torch.zeros((3, 3, 48, 64), dtype=torch.uint8))  # (T, C, H, W) in memory
+
+
 def test_ops_without_a_rebuild_run_timms_pil_function_frame_by_frame():
     ra = ClipRandAugment("rand-m9-n3-t3a", HPARAMS)  # timm's three-augment set
     frames = [_frame(seed=s) for s in range(2)]

@@ -104,6 +104,23 @@ def test_train_preset_shape_dtype(as_tensor):
     assert x.shape == (1, 3, 5, 32, 32) and x.dtype == torch.float32
 
 
+def test_train_preset_writes_into_a_slot_what_it_returns_without_one():
+    frames = _clip(t=4, h=40, w=56)
+    preset = TrainPreset(crop=32, randaugment="rand-m9-n4-mstd0.5")
+    for seed in range(12):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        want = preset(frames)
+        for slot in (empty_clip((3, 4, 32, 32)), torch.zeros((3, 4, 32, 32), dtype=torch.uint8)):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            assert preset(frames, out=slot) is slot and torch.equal(slot, want), seed
+    with pytest.raises(ValueError, match=r"out must be uint8 \(3, 4, 32, 32\)"):
+        preset(frames, out=empty_clip((3, 4, 32, 16)))
+
+
 def test_train_preset_randaugment_same_ops_for_every_frame():
     still = np.repeat(_clip(t=1), 6, axis=0)  # six identical frames
     preset = TrainPreset(crop=48, randaugment="rand-m9-n4-mstd0.5", hflip=0.5)
