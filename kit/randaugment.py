@@ -26,7 +26,7 @@ sampled plan. The plan is then applied to the uint8 clip ``(T, C, H, W)`` as a w
   ``addWeighted``, within one level as Sharpness (4-6 ms each, against 8-10 ms for PIL frame by frame);
 - any other op timm may add: timm's PIL function frame by frame, with the same arguments.
 
-Every rebuilt op takes ``out=``: a uint8 ``(T, C, H, W)`` tensor stored ``(T, H, W, C)`` in memory
+Every op takes ``out=``: a uint8 ``(T, C, H, W)`` tensor stored ``(T, H, W, C)`` in memory
 (a :func:`kit.transforms.empty_clip` slot of a batch, permuted) that receives its result, so the
 last op of a clip writes straight into the clip's slot of the batch.
 
