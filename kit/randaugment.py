@@ -134,13 +134,12 @@ class ClipRandAugment:
         return _per_frame_pil(clip, fn, args, out=out)
 
 
-def _out_frames(out: torch.Tensor | None, shape) -> np.ndarray | None:
+def _out_frames(out: torch.Tensor, shape) -> np.ndarray:
     """The ``(T, H, W, C)`` numpy view of ``out``, a uint8 ``(T, C, H, W)`` tensor of ``shape`` stored
-    ``(T, H, W, C)``; None for None."""
-    if out is None:
-        return None
+    ``(T, H, W, C)``."""
     if out.dtype != torch.uint8 or tuple(out.shape) != tuple(shape) or out.device.type != "cpu":
-        raise ValueError(f"out must be a uint8 CPU tensor {tuple(shape)}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+        got = f"{out.dtype} {tuple(out.shape)} on {out.device}"
+        raise ValueError(f"out must be a uint8 CPU tensor {tuple(shape)}, got {got}")
     frames = out.permute(0, 2, 3, 1)
     if not frames.is_contiguous():
         raise ValueError("out must be stored (T, H, W, C) in memory, as kit.transforms.empty_clip makes a clip")
