@@ -321,6 +321,8 @@ class EvalPreset:
         ``(crops, C, T, crop, crop)``, written into ``out`` when given (a uint8 tensor of
         :meth:`output_shape`, best made by :func:`empty_clip`)."""
         clip = _to_tchw(frames)
+        if out is not None:
+            _check_out(out, self.output_shape(clip.shape[0]))
         h, w = clip.shape[-2:]
         c = self.crop
         if min(h, w) == self.short_side and self.crops == 1:

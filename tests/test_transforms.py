@@ -198,6 +198,9 @@ def test_eval_preset_without_resize_writes_the_crop_into_out(gamma):
     assert torch.equal(preset(torch.from_numpy(frames)), out)  # decoded frames as a tensor, no out
     slot = torch.zeros(3, 3, 40, 40, dtype=torch.uint8)  # an out of another memory layout
     assert torch.equal(preset(frames, out=slot), out)
+    for bad in (empty_clip((3, 3, 40, 32)), empty_clip((3, 3, 40, 40)).float()):  # named before any work
+        with pytest.raises(ValueError, match=r"out must be uint8 \(3, 3, 40, 40\)"):
+            preset(frames, out=bad)
 
 
 def test_eval_preset_gamma_finish_and_errors():
