@@ -34,6 +34,7 @@ from functools import partial
 
 import torch
 
+import kit.adapt_bn
 from kit.adapt_bn import adapt_bn, bn_layers
 from kit.models import create_model
 
@@ -73,8 +74,15 @@ def run_benchmark(
     size: int = 64,
     repeats: int = 3,
     num_classes: int = 11,
+    split_blocks_per_sm=(None,),
+    rounds: int = 1,
 ) -> list[dict]:
-    """One row per model: ``{model, device, batches, batch_size, frames, size, bn_layers, infer_s, adapt_s, ratio}``."""
+    """One row per model, round and value of ``split_blocks_per_sm`` (None: the kit's
+    :data:`kit.adapt_bn.SPLIT_BLOCKS_PER_SM`; 0: PyTorch's training-mode kernel everywhere):
+    ``{model, device, batches, batch_size, frames, size, bn_layers, split_blocks_per_sm, round,
+    infer_s, adapt_s, ratio}``, and with several values ``mean_diff`` / ``var_rel_diff``: the largest
+    difference of the running means, and relative one of the running variances, from the first
+    value's. The values take turns ``rounds`` times, so that a drift of the machine shows."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
     clips = [torch.randn(batch_size, 3, frames, size, size, generator=g).to(device) for _ in range(batches)]
@@ -83,17 +91,40 @@ def run_benchmark(
         model = create_model(name, num_classes=num_classes).to(device)
         n_bn = len(bn_layers(model))
         _inference_pass(model, clips[:1], device)  # warm-up: kernels, allocator
-        # the two passes alternate, so that a slow stretch of a shared machine hits both alike
-        infer_s = adapt_s = float("inf")
+        first = None
+        for round_ in range(rounds):
+            for blocks in split_blocks_per_sm:
+                blocks = kit.adapt_bn.SPLIT_BLOCKS_PER_SM if blocks is None else blocks
+                infer_s, adapt_s = _time_passes(model, clips, device, repeats, blocks)
+                rows.append({
+                    "model": name, "device": str(device), "batches": batches, "batch_size": batch_size,
+                    "frames": frames, "size": size, "bn_layers": n_bn, "split_blocks_per_sm": blocks,
+                    "round": round_ + 1, "infer_s": round(infer_s, 4), "adapt_s": round(adapt_s, 4),
+                    "ratio": round(adapt_s / infer_s, 3) if n_bn else None,  # no BatchNorm: Adapt BN does nothing
+                })
+                stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bn_layers(model)]
+                if first is None:
+                    first = stats
+                elif stats and len(split_blocks_per_sm) > 1:
+                    pairs = list(zip(stats, first, strict=True))
+                    rows[-1]["mean_diff"] = max(float((m - m0).abs().max()) for (m, _), (m0, _) in pairs)
+                    rows[-1]["var_rel_diff"] = max(float(((v - v0) / v0).abs().max()) for (_, v), (_, v0) in pairs)
+    return rows
+
+
+def _time_passes(model, clips, device, repeats: int, blocks: int) -> tuple[float, float]:
+    """Best inference and Adapt BN times, with ``SPLIT_BLOCKS_PER_SM = blocks`` for Adapt BN; the two
+    passes alternate, so that a slow stretch of a shared machine hits both alike."""
+    kept = kit.adapt_bn.SPLIT_BLOCKS_PER_SM
+    kit.adapt_bn.SPLIT_BLOCKS_PER_SM = blocks
+    infer_s = adapt_s = float("inf")
+    try:
         for _ in range(repeats):
             infer_s = min(infer_s, _time(partial(_inference_pass, model, clips, device), device))
-            adapt_s = min(adapt_s, _time(partial(adapt_bn, model, clips, num_batches=batches, device=device), device))
-        rows.append({
-            "model": name, "device": str(device), "batches": batches, "batch_size": batch_size, "frames": frames,
-            "size": size, "bn_layers": n_bn, "infer_s": round(infer_s, 4), "adapt_s": round(adapt_s, 4),
-            "ratio": round(adapt_s / infer_s, 3) if n_bn else None,  # no BatchNorm: Adapt BN does nothing
-        })
-    return rows
+            adapt_s = min(adapt_s, _time(partial(adapt_bn, model, clips, num_batches=len(clips), device=device), device))
+    finally:
+        kit.adapt_bn.SPLIT_BLOCKS_PER_SM = kept
+    return infer_s, adapt_s
 
 
 def main(argv=None) -> int:
@@ -106,17 +137,25 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--split-blocks-per-sm", default=None,
+        help="comma-separated values of kit.adapt_bn.SPLIT_BLOCKS_PER_SM to compare (CUDA; 0 = PyTorch's "
+        "training-mode kernel everywhere; default: the kit's)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="times the values take turns")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run_benchmark(
         models=[m for m in args.models.split(",") if m], device=args.device, batches=args.batches,
-        batch_size=args.batch, frames=args.frames, size=args.size, repeats=args.repeats,
+        batch_size=args.batch, frames=args.frames, size=args.size, repeats=args.repeats, rounds=args.rounds,
+        split_blocks_per_sm=[int(b) for b in args.split_blocks_per_sm.split(",")] if args.split_blocks_per_sm
+        else (None,),
     )
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     print(" | ".join(keys))
     for r in rows:
-        print(" | ".join(str(r[k]) for k in keys))
+        print(" | ".join(str(r.get(k, "")) for k in keys))
     worst = max((r["ratio"] for r in rows if r["ratio"] is not None), default=None)
     print(f"worst ratio Adapt BN / inference: {worst} (target <= 1.1)")
     return 0

@@ -4,7 +4,7 @@
 
     python -m bench.hotspots loader [--train] [--clips 16] [--passes 3] [--top 12]
     python -m bench.hotspots randaugment [--spec rand-m7-n4-mstd0.5]
-    python -m bench.hotspots adapt_bn [--model slowfast_tiny] [--batches 16]
+    python -m bench.hotspots adapt_bn [--model slowfast_tiny] [--batches 16] [--device cuda --frames 32 --size 224]
 
 ``loader``: cProfile of the kit's eval (or ``--train``) DataLoader at 32 frames x 224 with the
 reference recipe's augmentations (``params/arid_uniformer_b32_k600.yaml``), 0 workers, over the
@@ -17,7 +17,7 @@ the policy (ops x probability that each fires).
 
 ``adapt_bn``: the torch profiler over one inference pass and one Adapt BN pass of the same
 batches (as ``bench/adapt_bn.py`` times them), printing each pass's total and the operators
-whose time differs most between the two.
+whose time differs most between the two (their own CPU time; on CUDA, each kernel's GPU time).
 """
 
 from __future__ import annotations
@@ -89,26 +89,44 @@ def profile_randaugment(*, spec: str, repeats: int = 5) -> tuple[list[tuple[str,
     return rows, per_clip
 
 
-def profile_adapt_bn(*, model: str, batches: int, top: int) -> tuple[dict, list[tuple[str, float, float, int]]]:
-    """Total ms of each pass, and ``[(operator, inference ms, Adapt BN ms, calls)]`` by difference."""
-    from torch.profiler import profile
+def profile_adapt_bn(
+    *, model: str, batches: int, top: int, device: str = "cpu", frames: int = 8, size: int = 64, batch: int = 4,
+    split_blocks_per_sm: int | None = None,
+) -> tuple[dict, list[tuple[str, float, float, int]]]:
+    """Total ms of each pass, and ``[(operator, inference ms, Adapt BN ms, calls)]`` by difference:
+    own CPU time on the CPU, own GPU time on CUDA (kernels by name)."""
+    from torch.profiler import ProfilerActivity, profile
 
+    import kit.adapt_bn
     from bench.adapt_bn import _inference_pass
     from kit.adapt_bn import adapt_bn
     from kit.models import create_model
 
-    device = torch.device("cpu")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     g = torch.Generator().manual_seed(0)
-    clips = [torch.randn(4, 3, 8, 64, 64, generator=g) for _ in range(batches)]
-    net = create_model(model, num_classes=11)
-    _inference_pass(net, clips, device)  # warm-up
-    adapt_bn(net, clips, num_batches=batches, device=device)
-    passes = {}
-    for name, run in (("inference", lambda: _inference_pass(net, clips, device)),
-                      ("adapt_bn", lambda: adapt_bn(net, clips, num_batches=batches, device=device))):
-        with profile() as prof:
-            run()
-        passes[name] = {e.key: (e.self_cpu_time_total / 1000, e.count) for e in prof.key_averages()}
+    clips = [torch.randn(batch, 3, frames, size, size, generator=g).to(device) for _ in range(batches)]
+    net = create_model(model, num_classes=11).to(device)
+    kept = kit.adapt_bn.SPLIT_BLOCKS_PER_SM
+    if split_blocks_per_sm is not None:
+        kit.adapt_bn.SPLIT_BLOCKS_PER_SM = split_blocks_per_sm
+    try:
+        _inference_pass(net, clips, device)  # warm-up
+        adapt_bn(net, clips, num_batches=batches, device=device)
+        passes = {}
+        activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+        for name, run in (("inference", lambda: _inference_pass(net, clips, device)),
+                          ("adapt_bn", lambda: adapt_bn(net, clips, num_batches=batches, device=device))):
+            with profile(activities=activities) as prof:
+                run()
+                if cuda:
+                    torch.cuda.synchronize(device)
+            passes[name] = {
+                e.key: ((e.self_device_time_total if cuda else e.self_cpu_time_total) / 1000, e.count)
+                for e in prof.key_averages()
+            }
+    finally:
+        kit.adapt_bn.SPLIT_BLOCKS_PER_SM = kept
     totals = {name: sum(ms for ms, _ in ops.values()) for name, ops in passes.items()}
     keys = set(passes["inference"]) | set(passes["adapt_bn"])
     rows = [(k, passes["inference"].get(k, (0.0, 0))[0], *passes["adapt_bn"].get(k, (0.0, 0))) for k in keys]
@@ -131,8 +149,14 @@ def main(argv=None) -> int:
     ab.add_argument("--model", default="slowfast_tiny")
     ab.add_argument("--batches", type=int, default=16)
     ab.add_argument("--top", type=int, default=8)
+    ab.add_argument("--device", default="cpu")
+    ab.add_argument("--frames", type=int, default=8)
+    ab.add_argument("--size", type=int, default=64)
+    ab.add_argument("--batch", type=int, default=4)
+    ab.add_argument("--split-blocks-per-sm", type=int, default=None, help="kit.adapt_bn.SPLIT_BLOCKS_PER_SM (CUDA)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    if getattr(args, "device", "cpu") == "cpu":
+        torch.set_num_threads(1)
     if args.what == "loader":
         rows = profile_loader(train=args.train, clips=args.clips, passes=args.passes, top=args.top, cache=Path(args.cache))
         print(f"{'train' if args.train else 'eval'} loader, 32 x 224, 0 workers: own time per clip")
@@ -145,12 +169,16 @@ def main(argv=None) -> int:
             print(f"{ms:8.2f} ms  {name}")
         print(f"{per_clip:8.2f} ms  per clip on average (the ops of 2000 sampled plans)")
     else:
-        totals, rows = profile_adapt_bn(model=args.model, batches=args.batches, top=args.top)
-        print(f"{args.model}, {args.batches} batches of 4 x 8 x 64, 1 thread: inference {totals['inference']:.1f} ms, "
-              f"Adapt BN {totals['adapt_bn']:.1f} ms (profiled, so slower than timed)")
-        print(f"{'operator':32s} {'inference ms':>12s} {'Adapt BN ms':>12s} {'calls':>6s}")
+        totals, rows = profile_adapt_bn(
+            model=args.model, batches=args.batches, top=args.top, device=args.device, frames=args.frames,
+            size=args.size, batch=args.batch, split_blocks_per_sm=args.split_blocks_per_sm,
+        )
+        where = "1 thread" if args.device == "cpu" else f"{args.device}, GPU time"
+        print(f"{args.model}, {args.batches} batches of {args.batch} x {args.frames} x {args.size}, {where}: "
+              f"inference {totals['inference']:.1f} ms, Adapt BN {totals['adapt_bn']:.1f} ms (profiled, so slower than timed)")
+        print(f"{'operator':60s} {'inference ms':>12s} {'Adapt BN ms':>12s} {'calls':>6s}")
         for name, inf, ada, calls in rows:
-            print(f"{name:32s} {inf:12.1f} {ada:12.1f} {calls:6d}")
+            print(f"{name[:60]:60s} {inf:12.1f} {ada:12.1f} {calls:6d}")
     return 0
 
 

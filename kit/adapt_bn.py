@@ -10,11 +10,20 @@ left untouched; ``num_batches_tracked`` ends equal to the number of batches used
 During the pass the model is in eval mode except its BatchNorm layers, so dropout and drop path
 are off; every module's train/eval mode is restored afterwards. A model without BatchNorm
 (MViT uses LayerNorm only) is reported with a warning: Adapt BN changes nothing for it.
+
+On CUDA, PyTorch's training-mode kernel takes the statistics of a contiguous ``(N, C, ...)`` input
+with one thread block per channel, a division per value in each thread: a layer of few channels
+and many values (SlowFast's fast pathway: 8 channels of 1.6 M values each at 32 x 224, batch 4)
+leaves most of the GPU idle. During the pass such layers run :func:`split_forward` instead: each
+channel's values are cut into equal pieces, PyTorch's own kernels take the statistics of each
+piece, and combine them as :class:`torch.nn.SyncBatchNorm` combines those of several processes.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -27,6 +36,11 @@ from kit.data import check_finished
 log = logging.getLogger(__name__)
 
 NO_BN_WARNING = "model has no BatchNorm layers (e.g. MViT uses LayerNorm only): Adapt BN changes nothing"
+
+# split_forward cuts channels until there are this many pieces per multiprocessor (0: never)...
+SPLIT_BLOCKS_PER_SM = 4
+# ...and keeps at least this many values of a clip in each piece
+SPLIT_MIN_VALUES = 2048
 
 
 @dataclass
@@ -62,6 +76,50 @@ def _clips(batch) -> torch.Tensor | None:
     return video.flatten(0, 1) if video.ndim == 6 else video
 
 
+def split_factor(channels: int, values: int, blocks: int, min_values: int | None = None) -> int:
+    """Into how many equal pieces to cut each channel's ``values`` (per clip): the smallest power of
+    two ``k`` with ``channels * k >= blocks``, as long as ``k`` divides ``values`` and a piece keeps
+    at least ``min_values`` (default: SPLIT_MIN_VALUES). 1 means no cut."""
+    min_values = SPLIT_MIN_VALUES if min_values is None else min_values
+    k = 1
+    while channels * k < blocks and values % (2 * k) == 0 and values // (2 * k) >= min_values:
+        k *= 2
+    return k
+
+
+def split_forward(bn: nn.modules.batchnorm._BatchNorm, blocks: int, counts: dict, x: torch.Tensor) -> torch.Tensor:
+    """What ``bn`` does in training mode, for a contiguous CUDA input, with each channel cut into
+    :func:`split_factor` pieces: the output is normalised with the batch mean and biased variance,
+    and the running statistics move by ``bn.momentum`` towards the batch mean and unbiased
+    variance. Any other input (or no cut) goes to the layer's own forward. ``counts`` caches the
+    per-piece value counts on the device, keyed by their number and size."""
+    k = 1
+    if x.is_cuda and x.dim() >= 3 and x.is_contiguous():
+        n, c, values = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+        k = split_factor(c, values, blocks)
+    if k == 1:
+        return type(bn).forward(bn, x)
+    # (N, C*k, values/k): piece j of channel i is channel i*k + j, its values still contiguous
+    mean, invstd = torch.batch_norm_stats(x.view(n, c * k, values // k), bn.eps)
+    key = (k, n * values // k)
+    if key not in counts:
+        counts[key] = torch.full((k,), float(key[1]), dtype=mean.dtype, device=x.device)
+    # the pieces stand where SyncBatchNorm's processes stand: (k, C) means and inverse deviations
+    mean, invstd = torch.batch_norm_gather_stats_with_counts(
+        x, mean.view(c, k).t(), invstd.view(c, k).t(), bn.running_mean, bn.running_var, bn.momentum, bn.eps,
+        counts[key],
+    )
+    return torch.batch_norm_elemt(x, bn.weight, bn.bias, mean, invstd, bn.eps)
+
+
+def _split_layers(layers, device: torch.device) -> list:
+    """The layers :func:`split_forward` stands in for: on CUDA, those with BatchNorm's own forward
+    (SyncBatchNorm has its own), when SPLIT_BLOCKS_PER_SM is set."""
+    if device.type != "cuda" or SPLIT_BLOCKS_PER_SM <= 0:
+        return []
+    return [bn for bn in layers if type(bn).forward is nn.modules.batchnorm._BatchNorm.forward]
+
+
 @torch.no_grad()
 def adapt_bn(
     model: nn.Module,
@@ -95,6 +153,10 @@ def adapt_bn(
     # the counters are set once at the end: BatchNorm would otherwise add 1 to each, in its own
     # kernel call, for every layer and batch (num_batches_tracked=None skips that; momentum rules)
     counters = {bn: bn.num_batches_tracked for bn in layers}
+    split = _split_layers(layers, device)
+    if split:
+        blocks = SPLIT_BLOCKS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+        counts: dict = {}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     start = time.perf_counter()
     batches = clips = 0
@@ -103,6 +165,8 @@ def adapt_bn(
         for bn in layers:
             bn.train()
             bn.num_batches_tracked = None
+        for bn in split:
+            bn.forward = functools.partial(split_forward, bn, blocks, counts)
         for batch in loader:
             if batches >= per_process:
                 break
@@ -125,6 +189,8 @@ def adapt_bn(
             batches += 1
             clips += video.shape[0]
     finally:
+        for bn in split:
+            vars(bn).pop("forward", None)  # back to the class's own
         for bn, counter in counters.items():
             bn.num_batches_tracked = counter
             if batches:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import copy
 import logging
 
+import pytest
 import torch
 import torch.nn as nn
 
-from kit.adapt_bn import NO_BN_WARNING, adapt_bn, bn_layers
+import kit.adapt_bn
+from kit.adapt_bn import NO_BN_WARNING, adapt_bn, bn_layers, split_factor, split_forward
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 class TinyCNN(nn.Module):
@@ -167,3 +171,87 @@ def test_batch_counters_set_once_and_restored_when_the_loader_fails():
         assert bn.num_batches_tracked is counter and int(counter) == 2  # the same buffer, 2 batches used
         assert bn.momentum == 0.1 and bn.training
     assert sum(k.endswith("num_batches_tracked") for k in model.state_dict()) == 3  # still saved
+
+
+def test_split_factor_fills_the_blocks_with_pieces_that_divide_and_keep_enough_values():
+    assert split_factor(8, 32 * 112 * 112, blocks=528) == 128  # 8 channels -> 1024 pieces of 3136 values
+    assert split_factor(64, 8 * 56 * 56, blocks=528) == 8  # 16 cuts would leave 1568 < 2048 values a piece
+    assert split_factor(2048, 8 * 7 * 7, blocks=528) == 1  # enough channels already
+    assert split_factor(8, 4096, blocks=528) == 2
+    assert split_factor(3, 35 * 2048, blocks=528, min_values=16) == 256  # 768 pieces
+    assert split_factor(1, 4 * 15, blocks=528, min_values=1) == 4  # only powers of two that divide
+    assert split_factor(3, 9 * 11, blocks=528, min_values=1) == 1  # odd: no cut at all
+    assert split_factor(8, 1 << 20, blocks=0) == 1
+    kit.adapt_bn.SPLIT_MIN_VALUES, kept = 64, kit.adapt_bn.SPLIT_MIN_VALUES
+    try:
+        assert split_factor(8, 4096, blocks=528) == 64  # the module's minimum, read at call time
+    finally:
+        kit.adapt_bn.SPLIT_MIN_VALUES = kept
+
+
+def test_adapt_bn_on_cpu_leaves_every_forward_as_it_was():
+    model = TinyCNN()
+    adapt_bn(model, batches(2), device="cpu")
+    assert all("forward" not in vars(m) for m in model.modules())
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("affine", [True, False])
+def test_split_forward_equals_batchnorm_in_training_mode_on_cuda(dtype, affine):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 5, 8, 32, 32, generator=g) * 2 + 3).cuda().to(dtype)
+    x[:, 1] = x[:, 1] * 50 + 400  # a channel whose mean lies far from 0
+    ref = nn.BatchNorm3d(5, affine=affine).cuda()
+    if affine:
+        nn.init.normal_(ref.weight), nn.init.normal_(ref.bias)
+    ref.running_mean.uniform_(-1, 1)
+    ref.running_var.uniform_(0.5, 2)
+    bn = copy.deepcopy(ref)
+    ref.momentum = bn.momentum = 0.3
+    ref.num_batches_tracked = bn.num_batches_tracked = None
+    counts = {}
+    with torch.no_grad():
+        for _ in range(2):
+            want = ref(x)
+            got = split_forward(bn, 10**6, counts, x)  # as many cuts as the values allow: 4 a channel
+    assert list(counts) == [(4, 3 * 2048)]
+    assert got.dtype == want.dtype == dtype
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
+    assert torch.allclose(got.float(), want.float(), **tol)
+    assert torch.allclose(bn.running_mean, ref.running_mean, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(bn.running_var, ref.running_var, rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+def test_split_forward_leaves_what_it_cannot_cut_to_the_layer():
+    bn = nn.BatchNorm3d(4).cuda()
+    x = torch.randn(2, 4, 6, 16, 16, device="cuda").transpose(3, 4)  # not contiguous
+    calls = []
+    bn.register_forward_hook(lambda m, i, o: calls.append(o))
+    with torch.no_grad():
+        out = split_forward(bn, 10**6, {}, x)  # the class's forward, called directly: no hook
+    ref = nn.BatchNorm3d(4).cuda()
+    with torch.no_grad():
+        assert torch.allclose(out, ref(x), atol=1e-5)
+    assert torch.allclose(bn.running_var, ref.running_var) and not calls
+
+
+@needs_cuda
+def test_adapt_bn_on_cuda_with_and_without_cuts_agrees_and_restores_the_layers():
+    torch.manual_seed(0)
+    model = TinyCNN().cuda()
+    data = [{"video": torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(i)) + 1, "bad": []}
+            for i in range(3)]
+    whole = copy.deepcopy(model)
+    kit.adapt_bn.SPLIT_BLOCKS_PER_SM, kept = 0, kit.adapt_bn.SPLIT_BLOCKS_PER_SM
+    try:
+        adapt_bn(whole, data, device="cuda", amp=False)
+    finally:
+        kit.adapt_bn.SPLIT_BLOCKS_PER_SM = kept
+    adapt_bn(model, data, device="cuda", amp=False)
+    for bn, ref in zip(bn_layers(model), bn_layers(whole), strict=True):
+        assert torch.allclose(bn.running_mean, ref.running_mean, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(bn.running_var, ref.running_var, rtol=1e-4, atol=1e-5)
+        assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.1
+    assert all("forward" not in vars(m) for m in model.modules())
