@@ -14,14 +14,13 @@ are off; every module's train/eval mode is restored afterwards. A model without 
 On CUDA, PyTorch's training-mode kernel takes the statistics of a contiguous ``(N, C, ...)`` input
 with one thread block per channel, a division per value in each thread: a layer of few channels
 and many values (SlowFast's fast pathway: 8 channels of 1.6 M values each at 32 x 224, batch 4)
-leaves most of the GPU idle. During the pass such layers run :func:`split_forward` instead: each
+leaves most of the GPU idle. During the pass such layers run :class:`SplitForward` instead: each
 channel's values are cut into equal pieces, PyTorch's own kernels take the statistics of each
 piece, and combine them as :class:`torch.nn.SyncBatchNorm` combines those of several processes.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 
 NO_BN_WARNING = "model has no BatchNorm layers (e.g. MViT uses LayerNorm only): Adapt BN changes nothing"
 
-# split_forward cuts channels until there are this many pieces per multiprocessor (0: never)...
+# SplitForward cuts channels until there are this many pieces per multiprocessor (0: never)...
 SPLIT_BLOCKS_PER_SM = 4
 # ...and keeps at least this many values of a clip in each piece
 SPLIT_MIN_VALUES = 2048
@@ -87,33 +86,57 @@ def split_factor(channels: int, values: int, blocks: int, min_values: int | None
     return k
 
 
-def split_forward(bn: nn.modules.batchnorm._BatchNorm, blocks: int, counts: dict, x: torch.Tensor) -> torch.Tensor:
-    """What ``bn`` does in training mode, for a contiguous CUDA input, with each channel cut into
-    :func:`split_factor` pieces: the output is normalised with the batch mean and biased variance,
-    and the running statistics move by ``bn.momentum`` towards the batch mean and unbiased
-    variance. Any other input (or no cut) goes to the layer's own forward. ``counts`` caches the
-    per-piece value counts on the device, keyed by their number and size."""
-    k = 1
-    if x.is_cuda and x.dim() >= 3 and x.is_contiguous():
+class SplitForward:
+    """``bn``'s training-mode forward during the Adapt BN pass on CUDA, standing in as ``bn.forward``.
+
+    A contiguous input whose channels :func:`split_factor` cuts into ``k > 1`` pieces is normalised
+    with the batch mean and biased variance taken over the pieces, and the running statistics move
+    by ``bn.momentum`` towards the batch mean and unbiased variance, as BatchNorm does. Any other
+    contiguous input goes straight to ``torch.batch_norm`` in training mode; a non-contiguous one
+    (channels-last: PyTorch's kernel for it already spreads a channel over the GPU), a 2-D one or
+    one on the CPU to the layer's own forward. The pass is launch-bound at small batches, so the layer's tensors are looked up
+    once and each input shape's cut (``plans``) once.
+    """
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, blocks: int):
+        self.bn, self.blocks, self.plans = bn, blocks, {}
+        self.tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        self.cudnn = torch.backends.cudnn.enabled
+
+    def _plan(self, x: torch.Tensor) -> tuple:
         n, c, values = x.shape[0], x.shape[1], math.prod(x.shape[2:])
-        k = split_factor(c, values, blocks)
-    if k == 1:
-        return type(bn).forward(bn, x)
-    # (N, C*k, values/k): piece j of channel i is channel i*k + j, its values still contiguous
-    mean, invstd = torch.batch_norm_stats(x.view(n, c * k, values // k), bn.eps)
-    key = (k, n * values // k)
-    if key not in counts:
-        counts[key] = torch.full((k,), float(key[1]), dtype=mean.dtype, device=x.device)
-    # the pieces stand where SyncBatchNorm's processes stand: (k, C) means and inverse deviations
-    mean, invstd = torch.batch_norm_gather_stats_with_counts(
-        x, mean.view(c, k).t(), invstd.view(c, k).t(), bn.running_mean, bn.running_var, bn.momentum, bn.eps,
-        counts[key],
-    )
-    return torch.batch_norm_elemt(x, bn.weight, bn.bias, mean, invstd, bn.eps)
+        if n * values <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        k = split_factor(c, values, self.blocks)
+        if k == 1:
+            return (1,)
+        # (N, C*k, values/k): piece j of channel i is channel i*k + j, its values still contiguous;
+        # its statistics come out in that order, read as (k, C) they stand where SyncBatchNorm's
+        # processes stand
+        counts = torch.full((k,), float(n * values // k), dtype=self.tensors[2].dtype, device=x.device)
+        return k, (n, c * k, values // k), (k, c), (1, k), counts
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.bn
+        if not x.is_cuda or not x.is_contiguous() or x.dim() < 3:
+            return type(bn).forward(bn, x)
+        plan = self.plans.get(x.shape) or self.plans.setdefault(x.shape, self._plan(x))
+        weight, bias, running_mean, running_var = self.tensors
+        if plan[0] == 1:
+            return torch.batch_norm(
+                x, weight, bias, running_mean, running_var, True, bn.momentum, bn.eps, self.cudnn
+            )
+        _, pieces, size, stride, counts = plan
+        mean, invstd = torch.batch_norm_stats(x.view(pieces), bn.eps)
+        mean, invstd = torch.batch_norm_gather_stats_with_counts(
+            x, mean.as_strided(size, stride), invstd.as_strided(size, stride), running_mean, running_var,
+            bn.momentum, bn.eps, counts,
+        )
+        return torch.batch_norm_elemt(x, weight, bias, mean, invstd, bn.eps)
 
 
 def _split_layers(layers, device: torch.device) -> list:
-    """The layers :func:`split_forward` stands in for: on CUDA, those with BatchNorm's own forward
+    """The layers :class:`SplitForward` stands in for: on CUDA, those with BatchNorm's own forward
     (SyncBatchNorm has its own), when SPLIT_BLOCKS_PER_SM is set."""
     if device.type != "cuda" or SPLIT_BLOCKS_PER_SM <= 0:
         return []
@@ -156,7 +179,6 @@ def adapt_bn(
     split = _split_layers(layers, device)
     if split:
         blocks = SPLIT_BLOCKS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-        counts: dict = {}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
     start = time.perf_counter()
     batches = clips = 0
@@ -166,7 +188,7 @@ def adapt_bn(
             bn.train()
             bn.num_batches_tracked = None
         for bn in split:
-            bn.forward = functools.partial(split_forward, bn, blocks, counts)
+            bn.forward = SplitForward(bn, blocks)
         for batch in loader:
             if batches >= per_process:
                 break

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import kit.adapt_bn
-from kit.adapt_bn import NO_BN_WARNING, adapt_bn, bn_layers, split_factor, split_forward
+from kit.adapt_bn import NO_BN_WARNING, SplitForward, adapt_bn, bn_layers, split_factor
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -195,10 +195,20 @@ def test_adapt_bn_on_cpu_leaves_every_forward_as_it_was():
     assert all("forward" not in vars(m) for m in model.modules())
 
 
+def test_split_forward_on_the_cpu_is_the_layers_own_forward():
+    x = torch.randn(2, 4, 6, 16, 16)
+    bn, ref = nn.BatchNorm3d(4), nn.BatchNorm3d(4)
+    forward = SplitForward(bn, 10**6)
+    with torch.no_grad():
+        assert torch.equal(forward(x), ref(x))
+    assert torch.equal(bn.running_var, ref.running_var) and forward.plans == {}
+
+
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("affine", [True, False])
-def test_split_forward_equals_batchnorm_in_training_mode_on_cuda(dtype, affine):
+@pytest.mark.parametrize("blocks", [10**6, 0])  # as many cuts as the values allow (4 a channel), none
+def test_split_forward_equals_batchnorm_in_training_mode_on_cuda(dtype, affine, blocks):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 5, 8, 32, 32, generator=g) * 2 + 3).cuda().to(dtype)
     x[:, 1] = x[:, 1] * 50 + 400  # a channel whose mean lies far from 0
@@ -208,14 +218,18 @@ def test_split_forward_equals_batchnorm_in_training_mode_on_cuda(dtype, affine):
     ref.running_mean.uniform_(-1, 1)
     ref.running_var.uniform_(0.5, 2)
     bn = copy.deepcopy(ref)
-    ref.momentum = bn.momentum = 0.3
     ref.num_batches_tracked = bn.num_batches_tracked = None
-    counts = {}
+    forward = SplitForward(bn, blocks)
     with torch.no_grad():
-        for _ in range(2):
+        for momentum in (0.3, 0.5):  # read from the layer at each call, as adapt_bn sets it per batch
+            ref.momentum = bn.momentum = momentum
             want = ref(x)
-            got = split_forward(bn, 10**6, counts, x)  # as many cuts as the values allow: 4 a channel
-    assert list(counts) == [(4, 3 * 2048)]
+            got = forward(x)
+    (plan,) = forward.plans.values()
+    if blocks:
+        assert plan[0] == 4 and plan[-1].tolist() == [3 * 2048] * 4
+    else:
+        assert plan == (1,)
     assert got.dtype == want.dtype == dtype
     tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
     assert torch.allclose(got.float(), want.float(), **tol)
@@ -224,17 +238,15 @@ def test_split_forward_equals_batchnorm_in_training_mode_on_cuda(dtype, affine):
 
 
 @needs_cuda
-def test_split_forward_leaves_what_it_cannot_cut_to_the_layer():
-    bn = nn.BatchNorm3d(4).cuda()
+def test_split_forward_leaves_what_it_cannot_cut_to_the_layer_and_rejects_one_value_per_channel():
+    bn, ref = nn.BatchNorm3d(4).cuda(), nn.BatchNorm3d(4).cuda()
     x = torch.randn(2, 4, 6, 16, 16, device="cuda").transpose(3, 4)  # not contiguous
-    calls = []
-    bn.register_forward_hook(lambda m, i, o: calls.append(o))
+    forward = SplitForward(bn, 10**6)
     with torch.no_grad():
-        out = split_forward(bn, 10**6, {}, x)  # the class's forward, called directly: no hook
-    ref = nn.BatchNorm3d(4).cuda()
-    with torch.no_grad():
-        assert torch.allclose(out, ref(x), atol=1e-5)
-    assert torch.allclose(bn.running_var, ref.running_var) and not calls
+        assert torch.allclose(forward(x), ref(x), atol=1e-5)
+    assert torch.allclose(bn.running_var, ref.running_var) and forward.plans == {}
+    with pytest.raises(ValueError, match=r"more than 1 value per channel.*\(1, 4, 1, 1, 1\)"):
+        forward(torch.randn(1, 4, 1, 1, 1, device="cuda"))
 
 
 @needs_cuda
