@@ -68,8 +68,9 @@ SIZES = {
         large_size=224, large_frames=32,
         loader_repeats=2, models=GPU_MODELS, model_frames=32, model_size=224, model_batch=4,
         amp="bf16", min_seconds=2.0, attention_model="uniformer_b",
+        # Adapt BN at the kit's own batch (params/base.yaml adapt_bn.batch_size: 8)
         adapt_models=("uniformer_b", "slowfast_r101"), adapt_frames=32, adapt_size=224,
-        adapt_batch=4, adapt_batches=16, adapt_repeats=5, papermill_repeats=3,
+        adapt_batch=8, adapt_batches=8, adapt_repeats=5, papermill_repeats=3,
     ),
     "quick": dict(
         demo_clips_per_class=1, demo_max_clips=4, large_classes=2, large_clips_per_class=1,
