@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 NO_BN_WARNING = "model has no BatchNorm layers (e.g. MViT uses LayerNorm only): Adapt BN changes nothing"
 
 # SplitForward cuts channels until there are this many pieces per multiprocessor (0: never; on an
-# H100, 1, 4 and 16 gave SlowFast-R101 alike within the noise, and 1 cuts the fewest layers)...
-SPLIT_BLOCKS_PER_SM = 1
+# H100, SlowFast-R101 at batch 8 took 1.17-1.18x an inference pass with 4 or 16, 1.19-1.35x with 1,
+# 1.49x with PyTorch's kernel everywhere)...
+SPLIT_BLOCKS_PER_SM = 4
 # ...and keeps at least this many values of a clip in each piece
 SPLIT_MIN_VALUES = 2048
 
