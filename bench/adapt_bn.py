@@ -10,11 +10,16 @@ computes batch statistics, and inference runs them in eval mode). Each time is t
 ``repeats`` runs after one warm-up batch, the two passes taking turns; CUDA is synchronised.
 Autocast (bf16) on CUDA in both.
 
-Measured 2026-11-26 (``--device cuda --models uniformer_b,slowfast_r101 --frames 32 --size 224
---batch 4 --batches 16 --repeats 5``, one H100 80GB, torch 2.11): UniFormer-B 1.06, SlowFast-R101 1.24
-(``bench/RESULTS.md``). The SlowFast gap is its 212 BatchNorm layers: PyTorch's CUDA kernel for the
-batch statistics runs one thread block per channel, and 118 of them have at most 128 channels
-(the H100 has 132 multiprocessors).
+``--split-blocks-per-sm 0,1,4 --rounds 3`` compares values of
+:data:`kit.adapt_bn.SPLIT_BLOCKS_PER_SM` (CUDA; 0: PyTorch's training-mode kernel everywhere) and prints
+how far each value's running statistics lie from the first value's.
+
+Measured 2026-11-27 (``--device cuda --models slowfast_r101 --frames 32 --size 224 --batch 8 --batches 8
+--repeats 3 --split-blocks-per-sm 0,1,4,16 --rounds 3``, one H100 80GB, torch 2.11): SlowFast-R101 1.49
+with PyTorch's kernel, 1.17-1.18 with the default 4 pieces per multiprocessor; UniFormer-B 1.04-1.07
+(``bench/RESULTS.md``). PyTorch's CUDA kernel for the batch statistics gives each channel one thread
+block, and 118 of SlowFast-R101's 212 layers have at most 128 channels (the H100 has 132
+multiprocessors): :class:`kit.adapt_bn.SplitForward` cuts them into pieces.
 CPU, 1 thread, defaults with ``--frames 16``: uniformer_tiny 1.10, slowfast_tiny 1.17. On the CPU the
 gap is PyTorch's statistics kernel for contiguous ``(N, C, T, H, W)`` input: per channel, a scalar loop
 with a double-precision sum, once for the mean and once for the variance, where the eval-mode kernel
