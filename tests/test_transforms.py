@@ -283,3 +283,19 @@ def test_train_preset_writes_into_out():
     random.seed(0)
     np.random.seed(0)
     assert preset(frames, out=slot) is slot and torch.equal(slot, ref)
+
+
+def test_into_copies_a_strided_clip_into_either_layout_as_torch_does():
+    from kit.transforms import _into
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (4, 20, 30, 3), dtype=torch.uint8, generator=g)
+    clip = frames.permute(0, 3, 1, 2)[..., 2:18, 5:21]  # a cropped channels-last (T, C, H, W) view
+    want = clip.permute(1, 0, 2, 3).contiguous()
+    fresh = _into(clip, None)
+    assert torch.equal(fresh, want) and fresh.permute(1, 2, 3, 0).is_contiguous()
+    slot = empty_clip((3, 4, 16, 16))
+    assert _into(clip, slot) is slot and torch.equal(slot, want)
+    plain = torch.zeros(3, 4, 16, 16, dtype=torch.uint8)  # (C, T, H, W) in memory: torch's copy
+    assert _into(clip, plain) is plain and torch.equal(plain, want)
+    assert torch.equal(_into(clip.contiguous(), None), want)
