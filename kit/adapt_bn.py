@@ -96,8 +96,8 @@ class SplitForward:
     by ``bn.momentum`` towards the batch mean and unbiased variance, as BatchNorm does. Any other
     contiguous input goes straight to ``torch.batch_norm`` in training mode; a non-contiguous one
     (channels-last: PyTorch's kernel for it already spreads a channel over the GPU), a 2-D one or
-    one on the CPU to the layer's own forward. The pass is launch-bound at small batches, so the layer's tensors are looked up
-    once and each input shape's cut (``plans``) once.
+    one on the CPU to the layer's own forward. The pass is launch-bound at small batches, so the
+    layer's tensors are looked up once and each input shape's cut (``plans``) once.
     """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, blocks: int):

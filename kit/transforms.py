@@ -157,7 +157,7 @@ def _into(clip_tchw: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     else:
         _check_out(out, (c, t, h, w))
     thwc = out.permute(1, 2, 3, 0)
-    if thwc.is_contiguous() and not out.is_cuda and not clip_tchw.is_cuda:
+    if thwc.is_contiguous() and clip_tchw.dtype == out.dtype and not out.is_cuda and not clip_tchw.is_cuda:
         # numpy copies on the calling thread: torch's copy_ of a clip wakes its thread pool, whose
         # threads then spin beside the decoder (0.7 ms a clip at demo size, 2 threads, 0 workers)
         np.copyto(thwc.numpy(), clip_tchw.permute(0, 2, 3, 1).numpy())

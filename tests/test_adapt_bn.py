@@ -189,10 +189,28 @@ def test_split_factor_fills_the_blocks_with_pieces_that_divide_and_keep_enough_v
         kit.adapt_bn.SPLIT_MIN_VALUES = kept
 
 
-def test_adapt_bn_on_cpu_leaves_every_forward_as_it_was():
+def test_adapt_bn_puts_every_forward_back_when_the_loader_fails(monkeypatch):
+    # on the CPU SplitForward hands every input to the layer's own forward, so the pass can install it
+    monkeypatch.setattr(kit.adapt_bn, "_split_layers", lambda layers, device: list(layers))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"multi_processor_count": 2}))
+    torch.manual_seed(0)
     model = TinyCNN()
-    adapt_bn(model, batches(2), device="cpu")
+    expected = direct_stats(model, [b["video"] for b in batches(2)])
+    seen = []
+
+    def failing():
+        for b in batches(2):
+            seen.append(type(model.block1[1].forward).__name__)
+            yield b
+        raise RuntimeError("decoder died")
+
+    with pytest.raises(RuntimeError, match="decoder died"):
+        adapt_bn(model, failing(), num_batches=5, device="cpu")
+    assert seen == ["SplitForward", "SplitForward"]
     assert all("forward" not in vars(m) for m in model.modules())
+    for bn, (mean, var) in zip(bn_layers(model), expected, strict=True):
+        assert torch.allclose(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(bn.running_var, var, rtol=1e-4, atol=1e-5)
 
 
 def test_split_forward_on_the_cpu_is_the_layers_own_forward():
