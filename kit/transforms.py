@@ -156,13 +156,19 @@ def _into(clip_tchw: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         out = empty_clip((c, t, h, w))
     else:
         _check_out(out, (c, t, h, w))
-    thwc = out.permute(1, 2, 3, 0)
-    if thwc.is_contiguous() and clip_tchw.dtype == out.dtype and not out.is_cuda and not clip_tchw.is_cuda:
+    dst = _frames_view(out)
+    if dst is not None and clip_tchw.dtype == out.dtype and clip_tchw.device.type == "cpu":
         # numpy copies on the calling thread: torch's copy_ of a clip wakes its thread pool, whose
         # threads then spin beside the decoder (0.7 ms a clip at demo size, 2 threads, 0 workers)
-        np.copyto(thwc.numpy(), clip_tchw.permute(0, 2, 3, 1).numpy())
+        np.copyto(dst, clip_tchw.permute(0, 2, 3, 1).numpy())
         return out
     return out.copy_(clip_tchw.permute(1, 0, 2, 3))
+
+
+def _frames_view(out: torch.Tensor) -> np.ndarray | None:
+    # the (T, H, W, C) numpy view of a CPU clip (C, T, H, W) stored as empty_clip makes it; else None
+    thwc = out.permute(1, 2, 3, 0)
+    return thwc.numpy() if thwc.is_contiguous() and out.device.type == "cpu" else None
 
 
 def _check_out(out: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -249,7 +255,7 @@ class TrainPreset:
             clip = clip.flip(-1)
         if self._ra is not None:
             # the last op that fires writes into the clip's slot, when it lies as an empty_clip does
-            slot = out.transpose(0, 1) if out is not None and out.permute(1, 2, 3, 0).is_contiguous() else None
+            slot = out.transpose(0, 1) if out is not None and _frames_view(out) is not None else None
             clip = self._ra(clip, out=slot)
             if clip is slot:
                 return out
@@ -337,10 +343,10 @@ class EvalPreset:
             crop = clip.permute(0, 2, 3, 1)[:, top : top + c, left : left + c]
             if out is None:
                 out = empty_clip(self.output_shape(clip.shape[0]))
-            thwc = out.permute(1, 2, 3, 0)  # the memory order of an empty_clip
-            if self.gamma is None or not thwc.is_contiguous():
+            dst = _frames_view(out)
+            if self.gamma is None or dst is None:
                 return _into(_to_tchw(apply_gamma(crop, self.gamma)), out)
-            take_lut(crop.numpy(), gamma_lut(float(self.gamma)), out=thwc.numpy())
+            take_lut(crop.numpy(), gamma_lut(float(self.gamma)), out=dst)
             return out
         clip = _resize_short(_to_tchw(apply_gamma(frames, self.gamma)), self.short_side)
         h, w = clip.shape[-2:]

@@ -8,6 +8,7 @@ from torchvision.transforms.v2 import functional as TF
 from kit.transforms import (
     EvalPreset,
     TrainPreset,
+    _into,
     apply_gamma,
     cthw_view,
     empty_clip,
@@ -286,8 +287,6 @@ def test_train_preset_writes_into_out():
 
 
 def test_into_copies_a_strided_clip_into_either_layout_as_torch_does():
-    from kit.transforms import _into
-
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (4, 20, 30, 3), dtype=torch.uint8, generator=g)
     clip = frames.permute(0, 3, 1, 2)[..., 2:18, 5:21]  # a cropped channels-last (T, C, H, W) view
