@@ -17,10 +17,13 @@ and many values (SlowFast's fast pathway: 8 channels of 1.6 M values each at 32 
 leaves most of the GPU idle. During the pass such layers run :class:`SplitForward` instead: each
 channel's values are cut into equal pieces, PyTorch's own kernels take the statistics of each
 piece, and combine them as :class:`torch.nn.SyncBatchNorm` combines those of several processes.
+With ``STATS_KERNEL = "triton"`` the statistics of every layer come instead from one read of its input
+by a Triton kernel (:mod:`kit.bn_stats`), combined the same way.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import time
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from kit import bn_stats
 from kit import distributed as D
 from kit.data import check_finished
 
@@ -42,6 +46,13 @@ NO_BN_WARNING = "model has no BatchNorm layers (e.g. MViT uses LayerNorm only): 
 SPLIT_BLOCKS_PER_SM = 4
 # ...and keeps at least this many values of a clip in each piece
 SPLIT_MIN_VALUES = 2048
+# what takes the pieces' statistics on CUDA: "pytorch" (torch.batch_norm_stats on the cut channels) or
+# "triton" (kit.bn_stats.chunk_stats on every contiguous float32/bf16/fp16 input, cut or not: one
+# read of the input, where PyTorch's kernel divides once per value; not yet timed on a GPU, so not
+# the default: compare with bench/adapt_bn.py --stats-kernel pytorch,triton)
+STATS_KERNEL = "pytorch"
+STATS_KERNELS = ("pytorch", "triton")
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -98,17 +109,23 @@ class SplitForward:
     (channels-last: PyTorch's kernel for it already spreads a channel over the GPU), a 2-D one or
     one on the CPU to the layer's own forward. The pass is launch-bound at small batches, so the
     layer's tensors are looked up once and each input shape's cut (``plans``) once.
+
+    With ``kernel="triton"``, a contiguous float32, bf16 or fp16 input, cut or not, has the statistics
+    of its chunks taken by :func:`kit.bn_stats.chunk_stats` instead, and combined as the pieces' are.
     """
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, blocks: int):
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, blocks: int, kernel: str = "pytorch"):
         self.bn, self.blocks, self.plans = bn, blocks, {}
         self.tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
         self.cudnn = torch.backends.cudnn.enabled
+        self.triton = kernel == "triton"
 
     def _plan(self, x: torch.Tensor) -> tuple:
         n, c, values = x.shape[0], x.shape[1], math.prod(x.shape[2:])
         if n * values <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        if self.triton and x.dtype in _TRITON_DTYPES:
+            return ("triton", bn_stats.chunk_counts(x.shape, self.tensors[2].dtype, x.device))
         k = split_factor(c, values, self.blocks)
         if k == 1:
             return (1,)
@@ -128,20 +145,28 @@ class SplitForward:
             return torch.batch_norm(
                 x, weight, bias, running_mean, running_var, True, bn.momentum, bn.eps, self.cudnn
             )
-        _, pieces, size, stride, counts = plan
-        mean, invstd = torch.batch_norm_stats(x.view(pieces), bn.eps)
+        if plan[0] == "triton":
+            counts = plan[1]
+            mean, invstd = bn_stats.chunk_stats(x, bn.eps)
+        else:
+            _, pieces, size, stride, counts = plan
+            mean, invstd = torch.batch_norm_stats(x.view(pieces), bn.eps)
+            mean, invstd = mean.as_strided(size, stride), invstd.as_strided(size, stride)
         mean, invstd = torch.batch_norm_gather_stats_with_counts(
-            x, mean.as_strided(size, stride), invstd.as_strided(size, stride), running_mean, running_var,
-            bn.momentum, bn.eps, counts,
+            x, mean, invstd, running_mean, running_var, bn.momentum, bn.eps, counts
         )
         return torch.batch_norm_elemt(x, weight, bias, mean, invstd, bn.eps)
 
 
 def _split_layers(layers, device: torch.device) -> list:
     """The layers :class:`SplitForward` stands in for: on CUDA, those with BatchNorm's own forward
-    (SyncBatchNorm has its own), when SPLIT_BLOCKS_PER_SM is set."""
-    if device.type != "cuda" or SPLIT_BLOCKS_PER_SM <= 0:
+    (SyncBatchNorm has its own), when SPLIT_BLOCKS_PER_SM is set or STATS_KERNEL is "triton"."""
+    if STATS_KERNEL not in STATS_KERNELS:
+        raise ValueError(f"kit.adapt_bn.STATS_KERNEL must be one of {STATS_KERNELS}, got {STATS_KERNEL!r}")
+    if device.type != "cuda" or (SPLIT_BLOCKS_PER_SM <= 0 and STATS_KERNEL != "triton"):
         return []
+    if STATS_KERNEL == "triton" and importlib.util.find_spec("triton") is None:
+        raise ModuleNotFoundError('kit.adapt_bn.STATS_KERNEL = "triton" needs the triton package, which is not installed')
     return [bn for bn in layers if type(bn).forward is nn.modules.batchnorm._BatchNorm.forward]
 
 
@@ -190,7 +215,7 @@ def adapt_bn(
             bn.train()
             bn.num_batches_tracked = None
         for bn in split:
-            bn.forward = SplitForward(bn, blocks)
+            bn.forward = SplitForward(bn, blocks, STATS_KERNEL)
         for batch in loader:
             if batches >= per_process:
                 break

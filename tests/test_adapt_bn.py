@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 
 import pytest
@@ -225,8 +226,12 @@ def test_split_forward_on_the_cpu_is_the_layers_own_forward():
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("blocks", [10**6, 0])  # as many cuts as the values allow (4 a channel), none
-def test_split_forward_equals_batchnorm_in_training_mode_on_cuda(dtype, affine, blocks):
+@pytest.mark.parametrize(
+    "blocks, kernel",
+    [(10**6, "pytorch"), (0, "pytorch"), (0, "triton")],
+    ids=["as many cuts as the values allow (4 a channel)", "no cut", "Triton's chunks"],
+)
+def test_split_forward_equals_batchnorm_in_training_mode_on_cuda(dtype, affine, blocks, kernel):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 5, 8, 32, 32, generator=g) * 2 + 3).cuda().to(dtype)
     x[:, 1] = x[:, 1] * 50 + 400  # a channel whose mean lies far from 0
@@ -237,14 +242,16 @@ def test_split_forward_equals_batchnorm_in_training_mode_on_cuda(dtype, affine, 
     ref.running_var.uniform_(0.5, 2)
     bn = copy.deepcopy(ref)
     ref.num_batches_tracked = bn.num_batches_tracked = None
-    forward = SplitForward(bn, blocks)
+    forward = SplitForward(bn, blocks, kernel)
     with torch.no_grad():
         for momentum in (0.3, 0.5):  # read from the layer at each call, as adapt_bn sets it per batch
             ref.momentum = bn.momentum = momentum
             want = ref(x)
             got = forward(x)
     (plan,) = forward.plans.values()
-    if blocks:
+    if kernel == "triton":
+        assert plan[0] == "triton" and plan[1].tolist() == [4096] * 6  # 8192 values a run: 2 chunks
+    elif blocks:
         assert plan[0] == 4 and plan[-1].tolist() == [3 * 2048] * 4
     else:
         assert plan == (1,)
@@ -265,6 +272,13 @@ def test_split_forward_leaves_what_it_cannot_cut_to_the_layer_and_rejects_one_va
     assert torch.allclose(bn.running_var, ref.running_var) and forward.plans == {}
     with pytest.raises(ValueError, match=r"more than 1 value per channel.*\(1, 4, 1, 1, 1\)"):
         forward(torch.randn(1, 4, 1, 1, 1, device="cuda"))
+    # float64 is not the Triton kernel's: PyTorch's batch_norm takes it
+    bn, ref = nn.BatchNorm3d(4).cuda().double(), nn.BatchNorm3d(4).cuda().double()
+    x = torch.randn(2, 4, 6, 16, 16, device="cuda", dtype=torch.float64)
+    forward = SplitForward(bn, 0, "triton")
+    with torch.no_grad():
+        assert torch.allclose(forward(x), ref(x))
+    assert list(forward.plans.values()) == [(1,)] and torch.allclose(bn.running_var, ref.running_var)
 
 
 @needs_cuda
@@ -279,9 +293,46 @@ def test_adapt_bn_on_cuda_with_and_without_cuts_agrees_and_restores_the_layers()
         adapt_bn(whole, data, device="cuda", amp=False)
     finally:
         kit.adapt_bn.SPLIT_BLOCKS_PER_SM = kept
+    chunked = copy.deepcopy(model)
     adapt_bn(model, data, device="cuda", amp=False)
-    for bn, ref in zip(bn_layers(model), bn_layers(whole), strict=True):
-        assert torch.allclose(bn.running_mean, ref.running_mean, rtol=1e-4, atol=1e-5)
-        assert torch.allclose(bn.running_var, ref.running_var, rtol=1e-4, atol=1e-5)
-        assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.1
-    assert all("forward" not in vars(m) for m in model.modules())
+    kit.adapt_bn.STATS_KERNEL, kept = "triton", kit.adapt_bn.STATS_KERNEL
+    try:
+        adapt_bn(chunked, data, device="cuda", amp=False)
+    finally:
+        kit.adapt_bn.STATS_KERNEL = kept
+    for net in (model, chunked):
+        for bn, ref in zip(bn_layers(net), bn_layers(whole), strict=True):
+            assert torch.allclose(bn.running_mean, ref.running_mean, rtol=1e-4, atol=1e-5)
+            assert torch.allclose(bn.running_var, ref.running_var, rtol=1e-4, atol=1e-5)
+            assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.1
+        assert all("forward" not in vars(m) for m in net.modules())
+
+
+def test_an_unknown_stats_kernel_fails_before_any_batch_is_read(monkeypatch):
+    monkeypatch.setattr(kit.adapt_bn, "STATS_KERNEL", "cudnn")
+    model = TinyCNN()
+    before = copy.deepcopy(model.state_dict())
+
+    def loader():
+        raise AssertionError("a batch was read")
+        yield
+
+    with pytest.raises(ValueError, match=r"STATS_KERNEL must be one of \('pytorch', 'triton'\), got 'cudnn'"):
+        adapt_bn(model, loader(), device="cpu")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_the_triton_kernel_takes_every_cuda_layer_and_needs_triton_before_the_pass(monkeypatch):
+    layers = bn_layers(TinyCNN())
+    cuda = torch.device("cuda")  # _split_layers only reads the device's type
+    monkeypatch.setattr(kit.adapt_bn, "STATS_KERNEL", "triton")
+    monkeypatch.setattr(kit.adapt_bn, "SPLIT_BLOCKS_PER_SM", 0)  # no cuts: the kernel alone asks for the layers
+    assert kit.adapt_bn._split_layers(layers, torch.device("cpu")) == []
+    if importlib.util.find_spec("triton") is not None:
+        assert kit.adapt_bn._split_layers(layers, cuda) == layers
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match='STATS_KERNEL = "triton" needs the triton package'):
+        kit.adapt_bn._split_layers(layers, cuda)
+    monkeypatch.setattr(kit.adapt_bn, "STATS_KERNEL", "pytorch")
+    assert kit.adapt_bn._split_layers(layers, cuda) == []
