@@ -12,7 +12,9 @@ Autocast (bf16) on CUDA in both.
 
 ``--split-blocks-per-sm 0,1,4 --rounds 3`` compares values of
 :data:`kit.adapt_bn.SPLIT_BLOCKS_PER_SM` (CUDA; 0: PyTorch's training-mode kernel everywhere) and prints
-how far each value's running statistics lie from the first value's.
+how far each value's running statistics lie from the first value's. ``--stats-kernel pytorch,triton``
+adds the settings of :data:`kit.adapt_bn.STATS_KERNEL` to compare (CUDA; "triton": every layer's
+statistics from :func:`kit.bn_stats.chunk_stats`, whatever the cut).
 
 Measured 2026-11-27 (``--device cuda --models slowfast_r101 --frames 32 --size 224 --batch 8 --batches 8
 --repeats 3 --split-blocks-per-sm 0,1,4,16 --rounds 3``, one H100 80GB, torch 2.11): SlowFast-R101 1.49
@@ -25,7 +27,10 @@ gap is PyTorch's statistics kernel for contiguous ``(N, C, T, H, W)`` input: per
 with a double-precision sum, once for the mean and once for the variance, where the eval-mode kernel
 is one vectorised pass (``python -m bench.hotspots adapt_bn``). Statistics from torch's float
 reductions in a forward pre-hook, the layer then run in eval mode on them, were slower still on the
-tiny models: about ten small operator calls per layer and batch cost more than the kernel saves. A
+tiny models: about ten small operator calls per layer and batch cost more than the kernel saves. So
+were numpy's vectorised reductions (a sum and a centred ``einsum``, then the eval-mode kernel: more
+per-call overhead than kernel saved on every one of slowfast_tiny's layers) and oneDNN's kernel (the
+input viewed as 4-D in mkldnn layout: its two layout conversions cost more than the kernel saves). A
 whole model in channels-last memory (whose statistics kernel is vectorised) lowered the ratio only by
 slowing its inference pass down more than its Adapt BN pass.
 """
@@ -80,14 +85,18 @@ def run_benchmark(
     repeats: int = 3,
     num_classes: int = 11,
     split_blocks_per_sm=(None,),
+    stats_kernels=(None,),
     rounds: int = 1,
 ) -> list[dict]:
-    """One row per model, round and value of ``split_blocks_per_sm`` (None: the kit's
-    :data:`kit.adapt_bn.SPLIT_BLOCKS_PER_SM`; 0: PyTorch's training-mode kernel everywhere):
-    ``{model, device, batches, batch_size, frames, size, bn_layers, split_blocks_per_sm, round,
-    infer_s, adapt_s, ratio}``, and with several values ``mean_diff`` / ``var_rel_diff``: the largest
-    difference of the running means, and relative one of the running variances, from the first
-    value's. The values take turns ``rounds`` times, so that a drift of the machine shows."""
+    """One row per model, round and setting: each value of ``split_blocks_per_sm`` (None: the kit's
+    :data:`kit.adapt_bn.SPLIT_BLOCKS_PER_SM`; 0: PyTorch's training-mode kernel everywhere) with the
+    "pytorch" statistics kernel, and once more with "triton" (which needs no cut) when
+    ``stats_kernels`` names it (None: the kit's :data:`kit.adapt_bn.STATS_KERNEL`):
+    ``{model, device, batches, batch_size, frames, size, bn_layers, split_blocks_per_sm, stats_kernel,
+    round, infer_s, adapt_s, ratio}``, and with several settings ``mean_diff`` / ``var_rel_diff``: the
+    largest difference of the running means, and relative one of the running variances, from the first
+    setting's. The settings take turns ``rounds`` times, so that a drift of the machine shows."""
+    settings = _settings(split_blocks_per_sm, stats_kernels)
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
     clips = [torch.randn(batch_size, 3, frames, size, size, generator=g).to(device) for _ in range(batches)]
@@ -98,37 +107,49 @@ def run_benchmark(
         _inference_pass(model, clips[:1], device)  # warm-up: kernels, allocator
         first = None
         for round_ in range(rounds):
-            for blocks in split_blocks_per_sm:
-                blocks = kit.adapt_bn.SPLIT_BLOCKS_PER_SM if blocks is None else blocks
-                infer_s, adapt_s = _time_passes(model, clips, device, repeats, blocks)
+            for blocks, kernel in settings:
+                infer_s, adapt_s = _time_passes(model, clips, device, repeats, blocks, kernel)
                 rows.append({
                     "model": name, "device": str(device), "batches": batches, "batch_size": batch_size,
-                    "frames": frames, "size": size, "bn_layers": n_bn, "split_blocks_per_sm": blocks,
+                    "frames": frames, "size": size, "bn_layers": n_bn,
+                    "split_blocks_per_sm": blocks if kernel == "pytorch" else "-", "stats_kernel": kernel,
                     "round": round_ + 1, "infer_s": round(infer_s, 4), "adapt_s": round(adapt_s, 4),
                     "ratio": round(adapt_s / infer_s, 3) if n_bn else None,  # no BatchNorm: Adapt BN does nothing
                 })
                 stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bn_layers(model)]
                 if first is None:
                     first = stats
-                elif stats and len(split_blocks_per_sm) > 1:
+                elif stats and len(settings) > 1:
                     pairs = list(zip(stats, first, strict=True))
                     rows[-1]["mean_diff"] = max(float((m - m0).abs().max()) for (m, _), (m0, _) in pairs)
                     rows[-1]["var_rel_diff"] = max(float(((v - v0) / v0).abs().max()) for (_, v), (_, v0) in pairs)
     return rows
 
 
-def _time_passes(model, clips, device, repeats: int, blocks: int) -> tuple[float, float]:
-    """Best inference and Adapt BN times, with ``SPLIT_BLOCKS_PER_SM = blocks`` for Adapt BN; the two
-    passes alternate, so that a slow stretch of a shared machine hits both alike."""
-    kept = kit.adapt_bn.SPLIT_BLOCKS_PER_SM
-    kit.adapt_bn.SPLIT_BLOCKS_PER_SM = blocks
+def _settings(split_blocks_per_sm, stats_kernels) -> list[tuple[int, str]]:
+    """``[(SPLIT_BLOCKS_PER_SM, STATS_KERNEL)]`` to time: every value of ``split_blocks_per_sm`` with
+    PyTorch's statistics kernel, and Triton's once (it cuts nothing)."""
+    kernels = [kit.adapt_bn.STATS_KERNEL if k is None else k for k in stats_kernels]
+    for k in kernels:
+        if k not in kit.adapt_bn.STATS_KERNELS:
+            raise ValueError(f"unknown statistics kernel {k!r}: expected one of {kit.adapt_bn.STATS_KERNELS}")
+    blocks = [kit.adapt_bn.SPLIT_BLOCKS_PER_SM if b is None else b for b in split_blocks_per_sm]
+    return [(b, k) for k in dict.fromkeys(kernels) for b in (blocks if k == "pytorch" else blocks[:1])]
+
+
+def _time_passes(model, clips, device, repeats: int, blocks: int, kernel: str) -> tuple[float, float]:
+    """Best inference and Adapt BN times, with ``SPLIT_BLOCKS_PER_SM = blocks`` and ``STATS_KERNEL =
+    kernel`` for Adapt BN; the two passes alternate, so that a slow stretch of a shared machine hits
+    both alike."""
+    kept = kit.adapt_bn.SPLIT_BLOCKS_PER_SM, kit.adapt_bn.STATS_KERNEL
+    kit.adapt_bn.SPLIT_BLOCKS_PER_SM, kit.adapt_bn.STATS_KERNEL = blocks, kernel
     infer_s = adapt_s = float("inf")
     try:
         for _ in range(repeats):
             infer_s = min(infer_s, _time(partial(_inference_pass, model, clips, device), device))
             adapt_s = min(adapt_s, _time(partial(adapt_bn, model, clips, num_batches=len(clips), device=device), device))
     finally:
-        kit.adapt_bn.SPLIT_BLOCKS_PER_SM = kept
+        kit.adapt_bn.SPLIT_BLOCKS_PER_SM, kit.adapt_bn.STATS_KERNEL = kept
     return infer_s, adapt_s
 
 
@@ -147,7 +168,12 @@ def main(argv=None) -> int:
         help="comma-separated values of kit.adapt_bn.SPLIT_BLOCKS_PER_SM to compare (CUDA; 0 = PyTorch's "
         "training-mode kernel everywhere; default: the kit's)",
     )
-    parser.add_argument("--rounds", type=int, default=1, help="times the values take turns")
+    parser.add_argument(
+        "--stats-kernel", default=None,
+        help="comma-separated values of kit.adapt_bn.STATS_KERNEL to compare (CUDA: pytorch, triton; "
+        "default: the kit's)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="times the settings take turns")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,6 +182,7 @@ def main(argv=None) -> int:
         batch_size=args.batch, frames=args.frames, size=args.size, repeats=args.repeats, rounds=args.rounds,
         split_blocks_per_sm=[int(b) for b in args.split_blocks_per_sm.split(",")] if args.split_blocks_per_sm
         else (None,),
+        stats_kernels=args.stats_kernel.split(",") if args.stats_kernel else (None,),
     )
     keys = list(dict.fromkeys(k for r in rows for k in r))
     print(" | ".join(keys))

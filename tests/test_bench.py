@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import kit.adapt_bn
+from bench import adapt_bn as bench_adapt_bn
 from bench import pipeline  # bench/ is importable through pytest's pythonpath (pyproject.toml)
 from bench.__main__ import SECTIONS, Line, demo_run_lines, main
 from kit.config import load_params, save_params
@@ -134,3 +136,23 @@ def test_profiles_name_where_the_time_goes(tmp_path):
     assert totals["inference"] > 0 and totals["adapt_bn"] > 0
     bn = next(r for r in by_op if r[0] == "aten::native_batch_norm")
     assert bn[3] == 2 * 38  # calls in the Adapt BN pass: 38 layers, 2 batches
+
+
+def test_adapt_bn_bench_compares_every_setting_once_per_round():
+    assert bench_adapt_bn._settings((0, 4), ("pytorch", "triton")) == [(0, "pytorch"), (4, "pytorch"), (0, "triton")]
+    assert bench_adapt_bn._settings((None,), (None,)) == [
+        (kit.adapt_bn.SPLIT_BLOCKS_PER_SM, kit.adapt_bn.STATS_KERNEL)
+    ]
+    with pytest.raises(ValueError, match="unknown statistics kernel 'cudnn'"):
+        bench_adapt_bn._settings((0,), ("cudnn",))
+    rows = bench_adapt_bn.run_benchmark(
+        models=("slowfast_tiny",), batches=2, batch_size=2, frames=4, size=32, repeats=1,
+        split_blocks_per_sm=(0, 4), stats_kernels=("pytorch", "triton"), rounds=2,
+    )
+    assert [(r["round"], r["split_blocks_per_sm"], r["stats_kernel"]) for r in rows] == [
+        (1, 0, "pytorch"), (1, 4, "pytorch"), (1, "-", "triton"), (2, 0, "pytorch"), (2, 4, "pytorch"), (2, "-", "triton")
+    ]
+    # on the CPU every setting runs BatchNorm's own forward: the same statistics
+    assert all(r["mean_diff"] == 0 and r["var_rel_diff"] == 0 for r in rows[1:])
+    assert all(r["ratio"] > 0 and r["bn_layers"] == 38 for r in rows)
+    assert kit.adapt_bn.STATS_KERNEL == "pytorch" and kit.adapt_bn.SPLIT_BLOCKS_PER_SM == 4  # put back
