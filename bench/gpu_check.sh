@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check in one go (well under 10 minutes on one GPU): the benchmark suite on the GPU (loaders
-# finishing batches on it, full-size models in bf16 at 32 x 224, Adapt BN), Adapt BN's statistics
-# kernels side by side, then the kit's real-size path (fit, Adapt BN, 3x3 TTA) on synthetic 32x224
-# clips.
+# The GPU check in one go (well under 10 minutes on one GPU): the CUDA tests of Adapt BN, the benchmark
+# suite on the GPU (loaders finishing batches on it, full-size models in bf16 at 32 x 224, Adapt BN),
+# Adapt BN's statistics kernels side by side, then the kit's real-size path (fit, Adapt BN, 3x3 TTA)
+# on synthetic 32x224 clips.
 # Usage: bash bench/gpu_check.sh [OUT_DIR]   (run from the repo root, in the nightkit environment)
 set -euo pipefail
 out=${1:-outputs/bench}
@@ -10,6 +10,8 @@ mkdir -p "$out"
 py=${PYTHON:-python}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# Adapt BN's tests, on the GPU: the timings below mean nothing if these fail (pipefail stops the script)
+"$py" -m pytest -q -p no:cacheprovider tests/test_bn_stats.py tests/test_adapt_bn.py 2>&1 | tee "$out/gpu_tests.txt"
 "$py" -m bench --device cuda --only loader,models,adapt_bn --out "$out"
 # Adapt BN's statistics: PyTorch's kernel on cut channels (the default) against the Triton kernel
 "$py" bench/adapt_bn.py --device cuda --models slowfast_r101,uniformer_b --frames 32 --size 224 --batch 8 \
