@@ -17,4 +17,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" bench/adapt_bn.py --device cuda --models slowfast_r101,uniformer_b --frames 32 --size 224 --batch 8 \
   --batches 8 --repeats 3 --split-blocks-per-sm 0,4 --stats-kernel pytorch,triton --rounds 2 \
   2>&1 | tee "$out/adapt_bn_kernels.txt"
+for kernel in pytorch triton; do  # where the GPU time of each goes
+  "$py" -m bench.hotspots adapt_bn --device cuda --model slowfast_r101 --frames 32 --size 224 --batch 8 \
+    --batches 2 --top 12 --stats-kernel "$kernel" 2>&1 | tee "$out/adapt_bn_hotspots_$kernel.txt"
+done
 "$py" bench/gpu_check.py --out "$out/gpu_check.json" 2>&1 | tee "$out/gpu_check.txt"

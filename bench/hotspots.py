@@ -5,6 +5,7 @@
     python -m bench.hotspots loader [--train] [--clips 16] [--passes 3] [--top 12]
     python -m bench.hotspots randaugment [--spec rand-m7-n4-mstd0.5]
     python -m bench.hotspots adapt_bn [--model slowfast_tiny] [--batches 16] [--device cuda --frames 32 --size 224]
+                                      [--split-blocks-per-sm N] [--stats-kernel pytorch|triton]
 
 ``loader``: cProfile of the kit's eval (or ``--train``) DataLoader at 32 frames x 224 with the
 reference recipe's augmentations (``params/arid_uniformer_b32_k600.yaml``), 0 workers, over the
@@ -91,10 +92,12 @@ def profile_randaugment(*, spec: str, repeats: int = 5) -> tuple[list[tuple[str,
 
 def profile_adapt_bn(
     *, model: str, batches: int, top: int, device: str = "cpu", frames: int = 8, size: int = 64, batch: int = 4,
-    split_blocks_per_sm: int | None = None,
+    split_blocks_per_sm: int | None = None, stats_kernel: str | None = None,
 ) -> tuple[dict, list[tuple[str, float, float, int]]]:
     """Total ms of each pass, and ``[(operator, inference ms, Adapt BN ms, calls)]`` by difference:
-    own CPU time on the CPU, own GPU time on CUDA (kernels by name)."""
+    own CPU time on the CPU, own GPU time on CUDA (kernels by name). ``split_blocks_per_sm`` and
+    ``stats_kernel`` set :data:`kit.adapt_bn.SPLIT_BLOCKS_PER_SM` and :data:`kit.adapt_bn.STATS_KERNEL`
+    for the run (None: the kit's)."""
     from torch.profiler import ProfilerActivity, profile
 
     import kit.adapt_bn
@@ -107,9 +110,11 @@ def profile_adapt_bn(
     g = torch.Generator().manual_seed(0)
     clips = [torch.randn(batch, 3, frames, size, size, generator=g).to(device) for _ in range(batches)]
     net = create_model(model, num_classes=11).to(device)
-    kept = kit.adapt_bn.SPLIT_BLOCKS_PER_SM
+    kept = kit.adapt_bn.SPLIT_BLOCKS_PER_SM, kit.adapt_bn.STATS_KERNEL
     if split_blocks_per_sm is not None:
         kit.adapt_bn.SPLIT_BLOCKS_PER_SM = split_blocks_per_sm
+    if stats_kernel is not None:
+        kit.adapt_bn.STATS_KERNEL = stats_kernel
     try:
         _inference_pass(net, clips, device)  # warm-up
         adapt_bn(net, clips, num_batches=batches, device=device)
@@ -126,7 +131,7 @@ def profile_adapt_bn(
                 for e in prof.key_averages()
             }
     finally:
-        kit.adapt_bn.SPLIT_BLOCKS_PER_SM = kept
+        kit.adapt_bn.SPLIT_BLOCKS_PER_SM, kit.adapt_bn.STATS_KERNEL = kept
     totals = {name: sum(ms for ms, _ in ops.values()) for name, ops in passes.items()}
     keys = set(passes["inference"]) | set(passes["adapt_bn"])
     rows = [(k, passes["inference"].get(k, (0.0, 0))[0], *passes["adapt_bn"].get(k, (0.0, 0))) for k in keys]
@@ -154,6 +159,7 @@ def main(argv=None) -> int:
     ab.add_argument("--size", type=int, default=64)
     ab.add_argument("--batch", type=int, default=4)
     ab.add_argument("--split-blocks-per-sm", type=int, default=None, help="kit.adapt_bn.SPLIT_BLOCKS_PER_SM (CUDA)")
+    ab.add_argument("--stats-kernel", default=None, help="kit.adapt_bn.STATS_KERNEL (CUDA: pytorch, triton)")
     args = ap.parse_args(argv)
     if getattr(args, "device", "cpu") == "cpu":
         torch.set_num_threads(1)
@@ -172,6 +178,7 @@ def main(argv=None) -> int:
         totals, rows = profile_adapt_bn(
             model=args.model, batches=args.batches, top=args.top, device=args.device, frames=args.frames,
             size=args.size, batch=args.batch, split_blocks_per_sm=args.split_blocks_per_sm,
+            stats_kernel=args.stats_kernel,
         )
         where = "1 thread" if args.device == "cpu" else f"{args.device}, GPU time"
         print(f"{args.model}, {args.batches} batches of {args.batch} x {args.frames} x {args.size}, {where}: "

@@ -136,6 +136,9 @@ def test_profiles_name_where_the_time_goes(tmp_path):
     assert totals["inference"] > 0 and totals["adapt_bn"] > 0
     bn = next(r for r in by_op if r[0] == "aten::native_batch_norm")
     assert bn[3] == 2 * 38  # calls in the Adapt BN pass: 38 layers, 2 batches
+    with pytest.raises(ValueError, match="STATS_KERNEL must be one of"):  # the setting reaches adapt_bn...
+        hotspots.profile_adapt_bn(model="slowfast_tiny", batches=1, top=5, stats_kernel="cudnn")
+    assert kit.adapt_bn.STATS_KERNEL == "pytorch"  # ...and is put back
 
 
 def test_adapt_bn_bench_compares_every_setting_once_per_round():
