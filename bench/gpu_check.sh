@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check in one go (under 10 minutes on one GPU, by the parts' earlier timings): the CUDA tests
 # of Adapt BN, the benchmark suite on the GPU (loaders finishing batches on it, full-size models in
-# bf16 at 32 x 224, Adapt BN), Adapt BN's statistics kernels side by side and profiled, then the kit's
-# real-size path (fit, Adapt BN, 3x3 TTA) on synthetic 32x224 clips.
+# bf16 at 32 x 224, Adapt BN), Adapt BN's statistics kernels side by side and profiled, the train loader
+# profiled in 8 workers, then the kit's real-size path (fit, Adapt BN, 3x3 TTA) on synthetic 32x224 clips.
 # Usage: bash bench/gpu_check.sh [OUT_DIR]   (run from the repo root, in the nightkit environment)
 set -euo pipefail
 out=${1:-outputs/bench}
@@ -21,4 +21,7 @@ for kernel in pytorch triton; do  # where the GPU time of each goes
   "$py" -m bench.hotspots adapt_bn --device cuda --model slowfast_r101 --frames 32 --size 224 --batch 8 \
     --batches 2 --top 12 --stats-kernel "$kernel" 2>&1 | tee "$out/adapt_bn_hotspots_$kernel.txt"
 done
+# the train loader at 32 x 224 in the main process and in 8 workers: where the workers lose time
+"$py" -m bench.hotspots loader --train --workers 8 --clips 32 --passes 2 --top 16 2>&1 \
+  | tee "$out/loader_workers_hotspots.txt"
 "$py" bench/gpu_check.py --out "$out/gpu_check.json" 2>&1 | tee "$out/gpu_check.txt"

@@ -2,7 +2,7 @@
 
 ::
 
-    python -m bench.hotspots loader [--train] [--clips 16] [--passes 3] [--top 12]
+    python -m bench.hotspots loader [--train] [--clips 16] [--passes 3] [--top 12] [--workers N]
     python -m bench.hotspots randaugment [--spec rand-m7-n4-mstd0.5]
     python -m bench.hotspots adapt_bn [--model slowfast_tiny] [--batches 16] [--device cuda --frames 32 --size 224]
                                       [--split-blocks-per-sm N] [--stats-kernel pytorch|triton]
@@ -10,7 +10,10 @@
 ``loader``: cProfile of the kit's eval (or ``--train``) DataLoader at 32 frames x 224 with the
 reference recipe's augmentations (``params/arid_uniformer_b32_k600.yaml``), 0 workers, over the
 synthetic set that ``python -m bench`` caches in ``outputs/bench/cache`` (generated when missing).
-Prints the functions with the most time of their own, in milliseconds per clip.
+Prints the functions with the most time of their own, in milliseconds per clip. With ``--workers N``
+it profiles the same loader inside N DataLoader workers as well (each worker's profile is written when
+it ends) and prints the functions whose own CPU time per clip differs most between the main process
+and the workers: where workers that slow each other down lose their time.
 
 ``randaugment``: milliseconds of each of timm's ops on one clip of 32 frames x 224 (one core,
 best of 5), as :class:`kit.randaugment.ClipRandAugment` applies it, and the mean cost per clip of
@@ -26,6 +29,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import tempfile
+import time
+from functools import partial
+from multiprocessing import util
 from pathlib import Path
 
 import torch
@@ -33,10 +40,8 @@ import torch
 from bench.__main__ import REFERENCE_PARAMS, _synthetic_set
 
 
-def profile_loader(
-    *, train: bool, clips: int, passes: int, top: int, cache: Path, size: int = 224, frames: int = 32
-) -> list[tuple[str, float]]:
-    """``[(function, ms per clip of its own time)]``, most first, for the ``frames`` x ``size`` loader."""
+def _loader(*, train: bool, clips: int, cache: Path, size: int, frames: int, workers: int = 0):
+    """The kit's uint8 DataLoader at ``frames`` x ``size`` with the reference recipe, over ``clips`` clips."""
     from kit import data
     from kit.config import load_params
 
@@ -45,7 +50,23 @@ def profile_loader(
         REFERENCE_PARAMS, [f"data.root={root}", "data.num_samples=1", f"data.frames={frames}", f"data.crop={size}"]
     )
     ds = data.build_dataset(ref, "labeled", train=train, gamma=None if train else ref.eval.gamma)
-    loader = data.build_loader(ds, batch_size=4, train=train, drop_last=False).loader  # the uint8 batches
+    return data.build_loader(ds, batch_size=4, train=train, num_workers=workers, drop_last=False).loader
+
+
+def _own_ms(stats: pstats.Stats, clips: int) -> dict[str, float]:
+    # {(file, line, name): (calls, primitive, own, cumulative, callers)} -> {function: own ms per clip}
+    out: dict[str, float] = {}
+    for (f, line, name), (_, _, own, _, _) in stats.stats.items():
+        key = f"{Path(f).name}:{line}({name})"
+        out[key] = out.get(key, 0.0) + own * 1000 / clips
+    return out
+
+
+def profile_loader(
+    *, train: bool, clips: int, passes: int, top: int, cache: Path, size: int = 224, frames: int = 32
+) -> list[tuple[str, float]]:
+    """``[(function, ms per clip of its own time)]``, most first, for the ``frames`` x ``size`` loader."""
+    loader = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames)
     for _ in loader:  # warm-up: files into the page cache
         pass
     prof = cProfile.Profile()
@@ -54,10 +75,73 @@ def profile_loader(
         for _ in loader:
             pass
     prof.disable()
-    stats = pstats.Stats(prof).stats  # {(file, line, name): (calls, primitive, own, cumulative, callers)}
-    n = passes * len(ds)
-    rows = [(f"{Path(f).name}:{line}({name})", own * 1000 / n) for (f, line, name), (_, _, own, _, _) in stats.items()]
+    rows = _own_ms(pstats.Stats(prof), passes * len(loader.dataset)).items()
     return sorted(rows, key=lambda r: -r[1])[:top]
+
+
+def _profile_worker(worker_id: int, *, folder: str, init=None) -> None:
+    # worker_init_fn: profile this worker's whole life, written out when the process ends (the
+    # DataLoader shuts its workers down in order, and multiprocessing runs its finalizers then)
+    if init is not None:
+        init(worker_id)
+    prof = cProfile.Profile(time.process_time)
+    util.Finalize(None, _dump_profile, args=(prof, Path(folder) / f"worker{worker_id}.pstats"), exitpriority=100)
+    prof.enable()
+
+
+def _dump_profile(prof: cProfile.Profile, path: Path) -> None:
+    prof.disable()
+    prof.dump_stats(str(path))
+
+
+def profile_loader_workers(
+    *, train: bool, clips: int, passes: int, top: int, cache: Path, workers: int, size: int = 224, frames: int = 32
+) -> tuple[dict, list[tuple[str, float, float]]]:
+    """The same loader in the main process and in ``workers`` worker processes: ``({"main": clips/s,
+    "workers": clips/s, "per worker": clips/s}, [(function, own CPU ms per clip in the main process,
+    own CPU ms per clip in the workers)])``, the functions whose time differs most first. CPU time, not
+    wall time, so that a process waiting for a core (more processes than cores) counts nothing: a
+    function that costs more CPU per clip in the workers than in the main process is one the workers
+    slow each other down in (caches, memory bandwidth). Run it with torch on 1 thread, as the CLI does,
+    so that the main process's torch calls are as single-threaded as a worker's."""
+    rates, own = {}, {}
+    for mode in ("main", "workers"):
+        with tempfile.TemporaryDirectory(prefix="bench_workers_") as folder:
+            loader = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames,
+                             workers=workers if mode == "workers" else 0)
+            n = passes * len(loader.dataset)
+            if mode == "workers":
+                loader.worker_init_fn = partial(_profile_worker, folder=folder, init=loader.worker_init_fn)
+                for _ in loader:  # warm-up: workers start, files enter the page cache
+                    pass
+                start = time.perf_counter()
+                for _ in range(passes):
+                    for _ in loader:
+                        pass
+                rates[mode] = n / (time.perf_counter() - start)
+                loader._iterator._shutdown_workers()  # the workers write their profiles as they end
+                files = sorted(Path(folder).glob("worker*.pstats"))
+                if len(files) != workers:
+                    raise RuntimeError(f"{len(files)} of {workers} workers wrote a profile")
+                # the warm-up pass is in the workers' profiles too
+                own[mode] = _own_ms(pstats.Stats(*map(str, files)), n + len(loader.dataset))
+            else:
+                for _ in loader:
+                    pass
+                prof = cProfile.Profile(time.process_time)
+                start = time.perf_counter()
+                prof.enable()
+                for _ in range(passes):
+                    for _ in loader:
+                        pass
+                prof.disable()
+                rates[mode] = n / (time.perf_counter() - start)
+                own[mode] = _own_ms(pstats.Stats(prof), n)
+    rates["per worker"] = rates["workers"] / workers
+    keys = set(own["main"]) | set(own["workers"])
+    rows = [(k, own["main"].get(k, 0.0), own["workers"].get(k, 0.0)) for k in keys]
+    rows.sort(key=lambda r: -abs(r[2] - r[1]))
+    return rates, rows[:top]
 
 
 def profile_randaugment(*, spec: str, repeats: int = 5) -> tuple[list[tuple[str, float]], float]:
@@ -148,6 +232,8 @@ def main(argv=None) -> int:
     lo.add_argument("--passes", type=int, default=3)
     lo.add_argument("--top", type=int, default=12)
     lo.add_argument("--cache", default="outputs/bench/cache")
+    lo.add_argument("--workers", type=int, default=0,
+                    help="also profile inside this many DataLoader workers and compare with the main process")
     ra = sub.add_parser("randaugment", help="each RandAugment op on a 32 x 224 clip")
     ra.add_argument("--spec", default="rand-m7-n4-mstd0.5")
     ab = sub.add_parser("adapt_bn", help="torch profiler of inference and Adapt BN")
@@ -163,7 +249,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if getattr(args, "device", "cpu") == "cpu":
         torch.set_num_threads(1)
-    if args.what == "loader":
+    if args.what == "loader" and args.workers:
+        rates, rows = profile_loader_workers(
+            train=args.train, clips=args.clips, passes=args.passes, top=args.top, cache=Path(args.cache),
+            workers=args.workers,
+        )
+        print(f"{'train' if args.train else 'eval'} loader, 32 x 224: {rates['main']:.1f} clips/s in the main process, "
+              f"{rates['workers']:.1f} with {args.workers} workers ({rates['per worker']:.1f} a worker); profiled, "
+              "so slower than timed")
+        print(f"{'function (own CPU time)':60s} {'main ms/clip':>12s} {'workers ms/clip':>15s}")
+        for name, main_ms, worker_ms in rows:
+            print(f"{name[:60]:60s} {main_ms:12.2f} {worker_ms:15.2f}")
+    elif args.what == "loader":
         rows = profile_loader(train=args.train, clips=args.clips, passes=args.passes, top=args.top, cache=Path(args.cache))
         print(f"{'train' if args.train else 'eval'} loader, 32 x 224, 0 workers: own time per clip")
         for name, ms in rows:

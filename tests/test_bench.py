@@ -130,6 +130,14 @@ def test_profiles_name_where_the_time_goes(tmp_path):
     rows = hotspots.profile_loader(train=True, clips=2, passes=1, top=40, cache=tmp_path, size=64, frames=8)
     assert rows and all(ms >= 0 for _, ms in rows) and rows == sorted(rows, key=lambda r: -r[1])
     assert any("__call__" in name or "get_batch" in name for name, _ in rows)  # decord's calls
+    rates, rows = hotspots.profile_loader_workers(
+        train=True, clips=4, passes=1, top=400, cache=tmp_path, workers=2, size=64, frames=8
+    )
+    assert set(rates) == {"main", "workers", "per worker"} and rates["per worker"] == rates["workers"] / 2
+    assert all(r > 0 for r in rates.values())
+    (decode,) = [r for r in rows if "(get_batch)" in r[0]]  # decord's, in both processes' profiles
+    assert decode[1] > 0 and decode[2] > 0
+    assert rows == sorted(rows, key=lambda r: -abs(r[2] - r[1]))
     ops, per_clip = hotspots.profile_randaugment(spec="rand-m7-n4-mstd0.5", repeats=1)
     assert {"Rotate", "Invert", "Sharpness"} <= {name for name, _ in ops} and per_clip > 0
     totals, by_op = hotspots.profile_adapt_bn(model="slowfast_tiny", batches=2, top=50)
