@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check in one go (under 10 minutes on one GPU, by the parts' earlier timings): the CUDA tests
 # of Adapt BN, the benchmark suite on the GPU (loaders finishing batches on it, full-size models in
-# bf16 at 32 x 224, Adapt BN), Adapt BN's statistics kernels side by side and profiled, the train loader
-# profiled in 8 workers, then the kit's real-size path (fit, Adapt BN, 3x3 TTA) on synthetic 32x224 clips.
+# bf16 at 32 x 224, Adapt BN), Adapt BN's statistics kernels side by side and profiled, the train
+# loader profiled in 8 workers, then the kit's real-size path (fit, Adapt BN, 3x3 TTA) on synthetic
+# 32x224 clips.
 # Usage: bash bench/gpu_check.sh [OUT_DIR]   (run from the repo root, in the nightkit environment)
 set -euo pipefail
 out=${1:-outputs/bench}
