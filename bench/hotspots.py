@@ -62,20 +62,28 @@ def _own_ms(stats: pstats.Stats, clips: int) -> dict[str, float]:
     return out
 
 
-def profile_loader(
-    *, train: bool, clips: int, passes: int, top: int, cache: Path, size: int = 224, frames: int = 32
-) -> list[tuple[str, float]]:
-    """``[(function, ms per clip of its own time)]``, most first, for the ``frames`` x ``size`` loader."""
-    loader = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames)
-    for _ in loader:  # warm-up: files into the page cache
+def _profile_passes(loader, passes: int, timer=None) -> tuple[pstats.Stats, float]:
+    """One warm-up pass of ``loader`` (files into the page cache, workers started), then ``passes``
+    passes under cProfile (``timer``: its clock; None, wall time): ``(stats, seconds of those passes)``."""
+    for _ in loader:
         pass
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(timer) if timer else cProfile.Profile()
+    start = time.perf_counter()
     prof.enable()
     for _ in range(passes):
         for _ in loader:
             pass
     prof.disable()
-    rows = _own_ms(pstats.Stats(prof), passes * len(loader.dataset)).items()
+    return pstats.Stats(prof), time.perf_counter() - start
+
+
+def profile_loader(
+    *, train: bool, clips: int, passes: int, top: int, cache: Path, size: int = 224, frames: int = 32
+) -> list[tuple[str, float]]:
+    """``[(function, ms per clip of its own time)]``, most first, for the ``frames`` x ``size`` loader."""
+    loader = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames)
+    stats, _ = _profile_passes(loader, passes)
+    rows = _own_ms(stats, passes * len(loader.dataset)).items()
     return sorted(rows, key=lambda r: -r[1])[:top]
 
 
@@ -94,6 +102,19 @@ def _dump_profile(prof: cProfile.Profile, path: Path) -> None:
     prof.dump_stats(str(path))
 
 
+def _profile_in_workers(loader, passes: int) -> tuple[pstats.Stats, float]:
+    """``(stats, seconds)`` of :func:`_profile_passes`, the profile taken inside ``loader``'s workers
+    (their whole life: the warm-up pass too) in CPU time."""
+    with tempfile.TemporaryDirectory(prefix="bench_workers_") as folder:
+        loader.worker_init_fn = partial(_profile_worker, folder=folder, init=loader.worker_init_fn)
+        _, seconds = _profile_passes(loader, passes)
+        loader._iterator._shutdown_workers()  # the workers write their profiles as they end
+        files = sorted(Path(folder).glob("worker*.pstats"))
+        if len(files) != loader.num_workers:
+            raise RuntimeError(f"{len(files)} of {loader.num_workers} workers wrote a profile")
+        return pstats.Stats(*map(str, files)), seconds
+
+
 def profile_loader_workers(
     *, train: bool, clips: int, passes: int, top: int, cache: Path, workers: int, size: int = 224, frames: int = 32
 ) -> tuple[dict, list[tuple[str, float, float]]]:
@@ -104,40 +125,13 @@ def profile_loader_workers(
     function that costs more CPU per clip in the workers than in the main process is one the workers
     slow each other down in (caches, memory bandwidth). Run it with torch on 1 thread, as the CLI does,
     so that the main process's torch calls are as single-threaded as a worker's."""
-    rates, own = {}, {}
-    for mode in ("main", "workers"):
-        with tempfile.TemporaryDirectory(prefix="bench_workers_") as folder:
-            loader = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames,
-                             workers=workers if mode == "workers" else 0)
-            n = passes * len(loader.dataset)
-            if mode == "workers":
-                loader.worker_init_fn = partial(_profile_worker, folder=folder, init=loader.worker_init_fn)
-                for _ in loader:  # warm-up: workers start, files enter the page cache
-                    pass
-                start = time.perf_counter()
-                for _ in range(passes):
-                    for _ in loader:
-                        pass
-                rates[mode] = n / (time.perf_counter() - start)
-                loader._iterator._shutdown_workers()  # the workers write their profiles as they end
-                files = sorted(Path(folder).glob("worker*.pstats"))
-                if len(files) != workers:
-                    raise RuntimeError(f"{len(files)} of {workers} workers wrote a profile")
-                # the warm-up pass is in the workers' profiles too
-                own[mode] = _own_ms(pstats.Stats(*map(str, files)), n + len(loader.dataset))
-            else:
-                for _ in loader:
-                    pass
-                prof = cProfile.Profile(time.process_time)
-                start = time.perf_counter()
-                prof.enable()
-                for _ in range(passes):
-                    for _ in loader:
-                        pass
-                prof.disable()
-                rates[mode] = n / (time.perf_counter() - start)
-                own[mode] = _own_ms(pstats.Stats(prof), n)
-    rates["per worker"] = rates["workers"] / workers
+    main = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames)
+    n = passes * len(main.dataset)
+    main_stats, main_s = _profile_passes(main, passes, time.process_time)
+    loader = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames, workers=workers)
+    worker_stats, worker_s = _profile_in_workers(loader, passes)
+    rates = {"main": n / main_s, "workers": n / worker_s, "per worker": n / worker_s / workers}
+    own = {"main": _own_ms(main_stats, n), "workers": _own_ms(worker_stats, n + len(loader.dataset))}
     keys = set(own["main"]) | set(own["workers"])
     rows = [(k, own["main"].get(k, 0.0), own["workers"].get(k, 0.0)) for k in keys]
     rows.sort(key=lambda r: -abs(r[2] - r[1]))
