@@ -121,11 +121,11 @@ def profile_loader_workers(
     """The same loader in the main process and in ``workers`` worker processes: ``({"main": clips/s,
     "workers": clips/s, "per worker": clips/s, "main CPU ms per clip": ..., "workers CPU ms per clip":
     ...}, [(function, own CPU ms per clip in the main process, own CPU ms per clip in the workers)])``,
-    the functions whose time differs most first. CPU time, not
-    wall time, so that a process waiting for a core (more processes than cores) counts nothing: a
-    function that costs more CPU per clip in the workers than in the main process is one the workers
-    slow each other down in (caches, memory bandwidth). Run it with torch on 1 thread, as the CLI does,
-    so that the main process's torch calls are as single-threaded as a worker's."""
+    the functions whose time differs most first. CPU time, not wall time, so that a process waiting for
+    a core (more processes than cores) counts nothing: a function that costs more CPU per clip in the
+    workers than in the main process is one the workers slow each other down in (caches, memory
+    bandwidth). Run it with torch on 1 thread, as the CLI does, so that the main process's torch calls
+    are as single-threaded as a worker's."""
     main = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames)
     n = passes * len(main.dataset)
     main_stats, main_s = _profile_passes(main, passes, time.process_time)
