@@ -134,7 +134,6 @@ def test_profiles_name_where_the_time_goes(tmp_path):
         train=True, clips=4, passes=1, top=400, cache=tmp_path, workers=2, size=64, frames=8
     )
     assert set(rates) == {"main", "workers", "per worker", "main CPU ms per clip", "workers CPU ms per clip"}
-    assert rates["per worker"] == rates["workers"] / 2
     assert all(r > 0 for r in rates.values())
     (decode,) = [r for r in rows if "(get_batch)" in r[0]]  # decord's, in both processes' profiles
     assert decode[1] > 0 and decode[2] > 0
