@@ -3,7 +3,8 @@
 ::
 
     python -m bench [--device cpu|cuda] [--quick] [--demo-run outputs/demo]
-                    [--only loader,models,adapt_bn,pipeline] [--out outputs/bench] [--threads N]
+                    [--only loader,models,adapt_bn,pipeline] [--out outputs/bench] [--cache DIR]
+                    [--threads N]
 
 The device defaults to CUDA when one is present (full-size models, bf16, 32 x 224), else the CPU
 (tiny models). The header of the table names the machine, its load, torch and its threads.
@@ -12,7 +13,8 @@ Sections (each line: what was measured, value, unit, the ideal and the target, m
 
 - ``loader``: the kit's eval and train loaders against raw decord ``get_batch`` of the same
   clips (ratio of clips/s; 1.0 = no overhead over decoding), with 0 and N workers, on synthetic
-  sets at the demo's size and at 32 frames x 224 (generated once into ``<out>/cache``);
+  sets at the demo's size and at 32 frames x 224 (generated once into ``--cache``, by default
+  ``<out>/cache``);
 - ``models``: forward and forward+backward clips/s and memory of the tiny models (CPU) or the
   full-size ones (CUDA, bf16, 32 x 224), and UniFormer attention through SDPA against plain;
 - ``adapt_bn``: Adapt BN time over one inference pass of the same batches;
@@ -403,9 +405,11 @@ def _sections(text: str) -> list[str]:
 
 def run_suite(
     *, device: str = "cpu", quick: bool = False, demo_run="outputs/demo", only=SECTIONS, out_dir="outputs/bench",
-    command: str = "", threads: int | None = None,
+    command: str = "", threads: int | None = None, cache_dir=None,
 ) -> dict:
     """Run the chosen sections and write the report; returns it (``lines``, ``machine``, ``errors``...).
+
+    The loaders' synthetic sets are generated once into ``cache_dir`` (default: ``<out_dir>/cache``).
 
     ``threads``: torch CPU threads during the suite (None: torch's default, all cores; ``quick``
     uses 1, since on a busy machine a 2-thread step can wait 100x its work on the other thread).
@@ -419,17 +423,19 @@ def run_suite(
         torch.set_num_threads(threads)
     try:
         return _run_sections(
-            device=device, quick=quick, demo_run=demo_run, only=only, out_dir=out_dir, command=command
+            device=device, quick=quick, demo_run=demo_run, only=only, out_dir=out_dir, command=command,
+            cache_dir=cache_dir,
         )
     finally:
         torch.set_num_threads(before)
 
 
-def _run_sections(*, device: str, quick: bool, demo_run, only, out_dir, command: str) -> dict:
+def _run_sections(*, device: str, quick: bool, demo_run, only, out_dir, command: str, cache_dir=None) -> dict:
     from kit.config import git_commit
 
     sizes = SIZES["quick" if quick else ("cuda" if device.startswith("cuda") else "cpu")]
     out_dir = Path(out_dir)
+    cache = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
     workers = min(8, os.cpu_count() or 1)
     now = datetime.now(timezone.utc)
     report = {
@@ -444,7 +450,7 @@ def _run_sections(*, device: str, quick: bool, demo_run, only, out_dir, command:
         "errors": {},
     }
     jobs = {
-        "loader": lambda: loader_lines(sizes=sizes, cache=out_dir / "cache", workers=workers, device=device),
+        "loader": lambda: loader_lines(sizes=sizes, cache=cache, workers=workers, device=device),
         "models": lambda: model_lines(sizes=sizes, device=device),
         "adapt_bn": lambda: adapt_bn_lines(sizes=sizes, device=device),
         "pipeline": lambda: pipeline_lines(sizes=sizes, demo_run=Path(demo_run)),
@@ -475,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny inputs (tests): shows the suite runs, not speed")
     ap.add_argument("--demo-run", default="outputs/demo", help="finished run whose timings are read")
     ap.add_argument("--only", type=_sections, default=list(SECTIONS), help=f"comma-separated of {','.join(SECTIONS)}")
-    ap.add_argument("--out", default="outputs/bench", help="folder of the .json/.md reports (and the data cache)")
+    ap.add_argument("--out", default="outputs/bench", help="folder of the .json/.md reports")
+    ap.add_argument("--cache", default=None, help="folder of the generated synthetic sets (default: <out>/cache)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, all cores)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -483,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     report = run_suite(
         device=device, quick=args.quick, demo_run=args.demo_run, only=args.only, out_dir=args.out,
-        command=command, threads=args.threads,
+        command=command, threads=args.threads, cache_dir=args.cache,
     )
     print(render(report))
     print(f"written: {', '.join(report['files'])}")

@@ -47,13 +47,15 @@ def test_line_verdicts():
 def test_quick_suite_writes_every_section(tmp_path, capsys):
     run_dir = tmp_path / "demo"
     names = fake_demo_run(run_dir, seconds=50.0, rss_mib=1500.0)
-    out = tmp_path / "bench"
+    out, cache = tmp_path / "bench", tmp_path / "cache"
 
-    assert main(["--quick", "--demo-run", str(run_dir), "--out", str(out)]) == 0
+    assert main(["--quick", "--demo-run", str(run_dir), "--out", str(out), "--cache", str(cache)]) == 0
 
     (js,) = out.glob("*.json")
     (md,) = out.glob("*.md")
     assert js.stem == md.stem and len(js.stem) == len("2026-11-26_143249")
+    assert sorted(p.name for p in out.iterdir()) == [js.name, md.name]  # the synthetic sets went to --cache
+    assert sorted(p.name for p in cache.iterdir()) == ["synth_112px_2x1", "synth_64px_8x1"]
     report = json.loads(js.read_text())
     assert report["errors"] == {}
     assert {d["section"] for d in report["lines"]} == set(SECTIONS)
@@ -61,7 +63,7 @@ def test_quick_suite_writes_every_section(tmp_path, capsys):
         assert d["ideal_text"] and d["unit"]
         assert d["result"] in (("met", "missed") if d["target"] else ("",))
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
-    assert report["command"] == f"python -m bench --quick --demo-run {run_dir} --out {out}"
+    assert report["command"] == f"python -m bench --quick --demo-run {run_dir} --out {out} --cache {cache}"
 
     by = {d["measured"]: d for d in report["lines"]}
     total = by["make demo total (sum of stage wall times)"]
