@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
+import resource
 import tempfile
 import time
 from functools import partial
@@ -62,19 +64,40 @@ def _own_ms(stats: pstats.Stats, clips: int) -> dict[str, float]:
     return out
 
 
-def _profile_passes(loader, passes: int, timer=None) -> tuple[pstats.Stats, float]:
+# what getrusage counts for a process, and the names they are reported by (per clip)
+USAGE = {
+    "ru_utime": "user CPU ms", "ru_stime": "system CPU ms", "ru_minflt": "minor page faults",
+    "ru_majflt": "major page faults", "ru_nvcsw": "voluntary context switches",
+    "ru_nivcsw": "involuntary context switches",
+}
+
+
+def _usage() -> dict[str, float]:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return {k: float(getattr(u, k)) for k in USAGE}
+
+
+def _usage_per_clip(totals: dict[str, float], clips: int) -> dict[str, float]:
+    # getrusage's totals (seconds, counts) -> per clip, by the names of USAGE (CPU times in ms)
+    return {name: totals[k] * (1000 if k.endswith("time") else 1) / clips for k, name in USAGE.items()}
+
+
+def _profile_passes(loader, passes: int, timer=None) -> tuple[pstats.Stats, float, dict[str, float]]:
     """One warm-up pass of ``loader`` (files into the page cache, workers started), then ``passes``
-    passes under cProfile (``timer``: its clock; None, wall time): ``(stats, seconds of those passes)``."""
+    passes under cProfile (``timer``: its clock; None, wall time): ``(stats, seconds of those passes,
+    this process's getrusage counts over them)``."""
     for _ in loader:
         pass
     prof = cProfile.Profile(timer) if timer else cProfile.Profile()
+    before = _usage()
     start = time.perf_counter()
     prof.enable()
     for _ in range(passes):
         for _ in loader:
             pass
     prof.disable()
-    return pstats.Stats(prof), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return pstats.Stats(prof), seconds, {k: v - before[k] for k, v in _usage().items()}
 
 
 def profile_loader(
@@ -82,7 +105,7 @@ def profile_loader(
 ) -> list[tuple[str, float]]:
     """``[(function, ms per clip of its own time)]``, most first, for the ``frames`` x ``size`` loader."""
     loader = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames)
-    stats, _ = _profile_passes(loader, passes)
+    stats, _, _ = _profile_passes(loader, passes)
     rows = _own_ms(stats, passes * len(loader.dataset)).items()
     return sorted(rows, key=lambda r: -r[1])[:top]
 
@@ -100,45 +123,53 @@ def _profile_worker(worker_id: int, *, folder: str, init=None) -> None:
 def _dump_profile(prof: cProfile.Profile, path: Path) -> None:
     prof.disable()
     prof.dump_stats(str(path))
+    path.with_suffix(".usage.json").write_text(json.dumps(_usage()))  # the worker's whole life, as the profile
 
 
-def _profile_in_workers(loader, passes: int) -> tuple[pstats.Stats, float]:
-    """``(stats, seconds)`` of :func:`_profile_passes`, the profile taken inside ``loader``'s workers
-    (their whole life: the warm-up pass too) in CPU time."""
+def _profile_in_workers(loader, passes: int) -> tuple[pstats.Stats, float, dict[str, float]]:
+    """``(stats, seconds, getrusage counts)`` of :func:`_profile_passes`, the profile and the counts
+    taken inside ``loader``'s workers (their whole life: the warm-up pass too; counts summed) in CPU time."""
     with tempfile.TemporaryDirectory(prefix="bench_workers_") as folder:
         loader.worker_init_fn = partial(_profile_worker, folder=folder, init=loader.worker_init_fn)
-        _, seconds = _profile_passes(loader, passes)
+        _, seconds, _ = _profile_passes(loader, passes)
         loader._iterator._shutdown_workers()  # the workers write their profiles as they end
         files = sorted(Path(folder).glob("worker*.pstats"))
+        usages = [json.loads(f.with_suffix(".usage.json").read_text()) for f in files]
         if len(files) != loader.num_workers:
             raise RuntimeError(f"{len(files)} of {loader.num_workers} workers wrote a profile")
-        return pstats.Stats(*map(str, files)), seconds
+        return pstats.Stats(*map(str, files)), seconds, {k: sum(u[k] for u in usages) for k in USAGE}
 
 
 def profile_loader_workers(
     *, train: bool, clips: int, passes: int, top: int, cache: Path, workers: int, size: int = 224, frames: int = 32
-) -> tuple[dict, list[tuple[str, float, float]]]:
+) -> tuple[dict, dict, list[tuple[str, float, float]]]:
     """The same loader in the main process and in ``workers`` worker processes: ``({"main": clips/s,
     "workers": clips/s, "per worker": clips/s, "main CPU ms per clip": ..., "workers CPU ms per clip":
-    ...}, [(function, own CPU ms per clip in the main process, own CPU ms per clip in the workers)])``,
-    the functions whose time differs most first. CPU time, not wall time, so that a process waiting for
-    a core (more processes than cores) counts nothing: a function that costs more CPU per clip in the
-    workers than in the main process is one the workers slow each other down in (caches, memory
-    bandwidth). Run it with torch on 1 thread, as the CLI does, so that the main process's torch calls
-    are as single-threaded as a worker's."""
+    ...}, {"main": usage, "workers": usage}, [(function, own CPU ms per clip in the main process, own CPU
+    ms per clip in the workers)])``, the functions whose time differs most first; ``usage`` is what
+    getrusage counted per clip (user and system CPU ms, page faults, context switches: :data:`USAGE`),
+    in the main process over its profiled passes and summed over the workers' lives. CPU time, not wall
+    time, so that a process waiting for a core (more processes than cores) counts nothing: a function
+    that costs more CPU per clip in the workers than in the main process is one the workers slow each
+    other down in (caches, memory bandwidth); more system time or page faults point at memory handed
+    out and back, more involuntary context switches at processes competing for cores. Run it with torch
+    on 1 thread, as the CLI does, so that the main process's torch calls are as single-threaded as a
+    worker's."""
     main = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames)
     n = passes * len(main.dataset)
-    main_stats, main_s = _profile_passes(main, passes, time.process_time)
+    main_stats, main_s, main_usage = _profile_passes(main, passes, time.process_time)
     loader = _loader(train=train, clips=clips, cache=cache, size=size, frames=frames, workers=workers)
-    worker_stats, worker_s = _profile_in_workers(loader, passes)
+    worker_stats, worker_s, worker_usage = _profile_in_workers(loader, passes)
     rates = {"main": n / main_s, "workers": n / worker_s, "per worker": n / worker_s / workers}
-    own = {"main": _own_ms(main_stats, n), "workers": _own_ms(worker_stats, n + len(loader.dataset))}
+    lives = n + len(loader.dataset)  # the workers' clips: the warm-up pass's too
+    usage = {"main": _usage_per_clip(main_usage, n), "workers": _usage_per_clip(worker_usage, lives)}
+    own = {"main": _own_ms(main_stats, n), "workers": _own_ms(worker_stats, lives)}
     for mode, ms in own.items():  # the sum is steadier than any one op, whose RandAugment draws differ
         rates[f"{mode} CPU ms per clip"] = sum(ms.values())
     keys = set(own["main"]) | set(own["workers"])
     rows = [(k, own["main"].get(k, 0.0), own["workers"].get(k, 0.0)) for k in keys]
     rows.sort(key=lambda r: -abs(r[2] - r[1]))
-    return rates, rows[:top]
+    return rates, usage, rows[:top]
 
 
 def profile_randaugment(*, spec: str, repeats: int = 5) -> tuple[list[tuple[str, float]], float]:
@@ -247,7 +278,7 @@ def main(argv=None) -> int:
     if getattr(args, "device", "cpu") == "cpu":
         torch.set_num_threads(1)
     if args.what == "loader" and args.workers:
-        rates, rows = profile_loader_workers(
+        rates, usage, rows = profile_loader_workers(
             train=args.train, clips=args.clips, passes=args.passes, top=args.top, cache=Path(args.cache),
             workers=args.workers,
         )
@@ -256,6 +287,9 @@ def main(argv=None) -> int:
               "so slower than timed")
         print(f"CPU time per clip, all functions: {rates['main CPU ms per clip']:.1f} ms in the main process, "
               f"{rates['workers CPU ms per clip']:.1f} ms in the workers")
+        print(f"{'per clip (getrusage)':60s} {'main':>12s} {'workers':>15s}")
+        for name in USAGE.values():
+            print(f"{name:60s} {usage['main'][name]:12.2f} {usage['workers'][name]:15.2f}")
         print(f"{'function (own CPU time)':60s} {'main ms/clip':>12s} {'workers ms/clip':>15s}")
         for name, main_ms, worker_ms in rows:
             print(f"{name[:60]:60s} {main_ms:12.2f} {worker_ms:15.2f}")

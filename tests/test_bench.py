@@ -132,11 +132,14 @@ def test_profiles_name_where_the_time_goes(tmp_path):
     rows = hotspots.profile_loader(train=True, clips=2, passes=1, top=40, cache=tmp_path, size=64, frames=8)
     assert rows and all(ms >= 0 for _, ms in rows) and rows == sorted(rows, key=lambda r: -r[1])
     assert any("__call__" in name or "get_batch" in name for name, _ in rows)  # decord's calls
-    rates, rows = hotspots.profile_loader_workers(
+    rates, usage, rows = hotspots.profile_loader_workers(
         train=True, clips=4, passes=1, top=400, cache=tmp_path, workers=2, size=64, frames=8
     )
     assert set(rates) == {"main", "workers", "per worker", "main CPU ms per clip", "workers CPU ms per clip"}
     assert all(r > 0 for r in rates.values())
+    for side in ("main", "workers"):  # getrusage's counts, from this process and from the workers' files
+        assert set(usage[side]) == set(hotspots.USAGE.values())
+        assert usage[side]["user CPU ms"] > 0 and all(v >= 0 for v in usage[side].values())
     (decode,) = [r for r in rows if "(get_batch)" in r[0]]  # decord's, in both processes' profiles
     assert decode[1] > 0 and decode[2] > 0
     assert rows == sorted(rows, key=lambda r: -abs(r[2] - r[1]))
