@@ -19,9 +19,11 @@ list and exits non-zero on problems.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +243,7 @@ class VideoDataset(Dataset):
         )
 
     def _decode_views(self, path: Path) -> list[np.ndarray]:
+        keep_freed_memory()  # once in each process that decodes: a worker, or the main process
         # one reader per item, opened here so that each worker process owns its own
         vr = open_video(path, num_threads=1)
         n = len(vr)
@@ -342,6 +345,46 @@ class VideoDataset(Dataset):
                 out = self.transform(frames)
                 samples.extend(out.unbind(0) if out.ndim == 5 else [out])
         return samples[0] if len(samples) == 1 else torch.stack(samples)
+
+
+# glibc's mallopt parameters (malloc.h), and the values keep_freed_memory sets (KEEP_FREED_BYTES = None:
+# glibc's own policy, in the processes that have not decoded yet)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_FREED_BYTES: int | None = 64 << 20
+HEAP_BLOCK_BYTES = 32 << 20  # glibc's largest M_MMAP_THRESHOLD on 64-bit
+_kept: tuple[int, bool] | None = None  # (process, result) of keep_freed_memory's last run
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep up to :data:`KEEP_FREED_BYTES` of freed memory for this process's next
+    allocations, instead of handing it back to the kernel. Returns whether it is set: False where
+    there is no glibc, or with ``KEEP_FREED_BYTES = None``.
+
+    A clip goes through several buffers the size of the whole clip (decoded frames, the crop, each
+    RandAugment op's result: 4.8 MB at 32 x 224), freed once the clip is in its batch. By default
+    glibc gives the top of its heap back to the kernel once more than twice the largest block freed
+    so far lies free there, so the next clip's buffers came back as fresh pages, each faulted in and
+    zeroed by the kernel: 400-900 page faults and 1-2 ms of system time a clip in the train loader at
+    32 x 224 with 0 workers, 3 once kept (``python -m bench.hotspots loader --train --workers 2``
+    prints both processes' counts). Blocks below :data:`HEAP_BLOCK_BYTES` come from the heap:
+    setting the trim threshold alone would freeze glibc's adaptive mmap threshold at 128 KiB.
+
+    :class:`VideoDataset` calls it once in each process that decodes (DataLoader workers, or the main
+    process with ``num_workers=0``); it changes that process's allocator only.
+    """
+    global _kept
+    if KEEP_FREED_BYTES is None:
+        return False
+    pid = os.getpid()
+    if _kept is None or _kept[0] != pid:
+        try:
+            mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+            # glibc's mallopt returns 1 on success (musl's stub returns 0)
+            ok = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES) == 1
+        except (OSError, AttributeError):
+            ok = False
+        _kept = (pid, ok)
+    return _kept[1]
 
 
 def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:

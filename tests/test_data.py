@@ -441,3 +441,59 @@ def test_device_loader_finishes_on_the_gpu(tiny_data_dir):
     assert all(b["video"].is_cuda and b["video"].dtype == torch.float32 for b in batches)
     on_cpu = torch.cat([b["video"] for b in build_loader(ds, batch_size=4, train=False)])
     assert torch.allclose(torch.cat([b["video"] for b in batches]).cpu(), on_cpu, atol=1e-6)
+
+
+# ---------------------------------------------------------------- freed memory kept by decoding processes
+
+CHURN = """
+import resource, sys, torch
+import kit.data
+if sys.argv[1] == "keep":
+    assert kit.data.keep_freed_memory()
+def churn():  # three clip-sized buffers, as a clip's decode, crop and RandAugment leave behind
+    bufs = [torch.ones(5 << 20, dtype=torch.uint8) for _ in range(3)]
+    del bufs
+for _ in range(3):
+    churn()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    churn()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not data.keep_freed_memory(), reason="glibc's mallopt is not available")
+def test_freed_clip_buffers_are_reused_instead_of_faulted_in_again():
+    import subprocess
+    import sys
+
+    faults = {
+        mode: int(subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True).stdout)
+        for mode in ("default", "keep")
+    }
+    assert faults["default"] > 20 * 3 * 10  # glibc handed the buffers back: every clip faults them in
+    assert faults["keep"] < faults["default"] / 20
+
+
+def _kept_in_child():
+    return data.keep_freed_memory(), data._kept, __import__("os").getpid()
+
+
+def test_each_decoding_process_keeps_freed_memory_once(tiny_data_dir, monkeypatch):
+    import multiprocessing
+    import os
+
+    seen = []
+    real = data.keep_freed_memory
+    monkeypatch.setattr(data, "_kept", None)
+    monkeypatch.setattr(data, "keep_freed_memory", lambda: seen.append(data._kept) or real())
+    ds = VideoDataset(tiny_data_dir, "labeled.csv", frames=4, transform=EvalPreset(crop=32), train=False)
+    ds[0], ds[1]
+    ok = real()
+    assert seen == [None, (os.getpid(), ok)]  # set by the first clip, then only looked up
+    if "fork" in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            child_ok, kept, pid = pool.apply(_kept_in_child)
+        assert pid != os.getpid() and kept == (pid, ok) and child_ok == ok  # a forked worker sets its own
+    monkeypatch.setattr(data, "KEEP_FREED_BYTES", None)
+    assert real() is False  # switched off: glibc's own policy
