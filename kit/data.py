@@ -364,10 +364,11 @@ def keep_freed_memory() -> bool:
     RandAugment op's result: 4.8 MB at 32 x 224), freed once the clip is in its batch. By default
     glibc gives the top of its heap back to the kernel once more than twice the largest block freed
     so far lies free there, so the next clip's buffers came back as fresh pages, each faulted in and
-    zeroed by the kernel: 400-900 page faults and 1-2 ms of system time a clip in the train loader at
-    32 x 224 with 0 workers, 3 once kept (``python -m bench.hotspots loader --train --workers 2``
-    prints both processes' counts). Blocks below :data:`HEAP_BLOCK_BYTES` come from the heap:
-    setting the trim threshold alone would freeze glibc's adaptive mmap threshold at 128 KiB.
+    zeroed by the kernel. Train loader at 32 x 224, 0 workers, on a 2-core CPU: 400-500 page faults
+    and 2.8-4.2 ms of system time a clip before, 4-42 and 1.7-2.6 ms once kept (``python -m
+    bench.hotspots loader --train --workers 2`` prints the counts of both processes); in six paired
+    runs of that loader alone, 4% more clips/s. Blocks below :data:`HEAP_BLOCK_BYTES` come from the
+    heap: setting the trim threshold alone would freeze glibc's adaptive mmap threshold at 128 KiB.
 
     :class:`VideoDataset` calls it once in each process that decodes (DataLoader workers, or the main
     process with ``num_workers=0``); it changes that process's allocator only.
