@@ -134,9 +134,9 @@ def _profile_in_workers(loader, passes: int) -> tuple[pstats.Stats, float, dict[
         _, seconds, _ = _profile_passes(loader, passes)
         loader._iterator._shutdown_workers()  # the workers write their profiles as they end
         files = sorted(Path(folder).glob("worker*.pstats"))
-        usages = [json.loads(f.with_suffix(".usage.json").read_text()) for f in files]
         if len(files) != loader.num_workers:
             raise RuntimeError(f"{len(files)} of {loader.num_workers} workers wrote a profile")
+        usages = [json.loads(f.with_suffix(".usage.json").read_text()) for f in files]
         return pstats.Stats(*map(str, files)), seconds, {k: sum(u[k] for u in usages) for k in USAGE}
 
 
