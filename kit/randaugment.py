@@ -42,7 +42,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from functools import partial
+from functools import lru_cache, partial
 
 import cv2
 import numpy as np
@@ -99,14 +99,16 @@ class ClipRandAugment:
         """The ops that fire on the next clip: ``(name, args, kwargs)`` as timm would call them."""
         return self._sampler([])
 
-    def __call__(self, clip: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, clip: torch.Tensor, *, out: torch.Tensor | None = None, plan: list | None = None) -> torch.Tensor:
         """uint8 ``(T, C, H, W)`` -> uint8 ``(T, C, H, W)``. With ``out`` (see the module's docstring),
-        the last op that fires writes into it and ``out`` is returned; when none fires, ``clip`` is."""
+        the last op that fires writes into it and ``out`` is returned; when none fires, ``clip`` is.
+        ``plan``: the ops to run, as :meth:`sample` gives them (default: a new sample). Every op works
+        frame by frame, so one plan run on the frames of a clip in parts gives the clip's result."""
         if clip.dtype != torch.uint8 or clip.ndim != 4:
             raise ValueError(f"clip must be uint8 (T, C, H, W), got {clip.dtype} {tuple(clip.shape)}")
         if out is not None:
             _out_frames(out, clip.shape)  # checked before any work
-        plan = self.sample()
+        plan = self.sample() if plan is None else plan
         for i, (name, args, kwargs) in enumerate(plan):
             clip = self.apply(clip, name, args, kwargs, out=out if i == len(plan) - 1 else None)
         return clip
@@ -231,13 +233,7 @@ def pil_affine(clip: torch.Tensor, coefficients, fill, *, out: torch.Tensor | No
     ``convertMaps``) and each frame is resampled with ``remap``: 6-7 ms for 32 x 224 x 224 on one core,
     against 9-10 ms for ``warpAffine``, which recomputes the points for every frame."""
     t, ch, h, w = clip.shape
-    a, b, c, d, e, f = (float(v) for v in coefficients)
-    # PIL maps the output's pixel centres (x + 0.5, y + 0.5) to continuous input coordinates and
-    # samples between input pixel centres, which sit at index + 0.5
-    y, x = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
-    xin, yin = a * x + b * y + c, d * x + e * y + f
-    outside = (~((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h))).astype(np.uint8)
-    points, weights = cv2.convertMaps((xin - 0.5).astype(np.float32), (yin - 0.5).astype(np.float32), cv2.CV_16SC2)
+    points, weights, outside = _affine_maps(tuple(float(v) for v in coefficients), h, w)
     fill_frame = np.empty((h, w, ch), dtype=np.uint8)
     fill_frame[:] = [int(v) for v in fill][:ch]
     frames = _hwc_frames(clip)
@@ -246,6 +242,22 @@ def pil_affine(clip: torch.Tensor, coefficients, fill, *, out: torch.Tensor | No
         cv2.remap(src, points, weights, cv2.INTER_LINEAR, dst=dst, borderMode=cv2.BORDER_REPLICATE)
         cv2.copyTo(fill_frame, outside, dst)  # in place: the fill where ``outside`` is set
     return _result(target, out)
+
+
+@lru_cache(maxsize=4)
+def _affine_maps(coefficients: tuple[float, ...], h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # remap's fixed-point input points and weights of every output pixel, and the mask of those that
+    # fall outside the frame; kept for the next frames of the same clip (read only)
+    a, b, c, d, e, f = coefficients
+    # PIL maps the output's pixel centres (x + 0.5, y + 0.5) to continuous input coordinates and
+    # samples between input pixel centres, which sit at index + 0.5
+    y, x = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+    xin, yin = a * x + b * y + c, d * x + e * y + f
+    outside = (~((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h))).astype(np.uint8)
+    points, weights = cv2.convertMaps((xin - 0.5).astype(np.float32), (yin - 0.5).astype(np.float32), cv2.CV_16SC2)
+    for m in (points, weights, outside):
+        m.setflags(write=False)
+    return points, weights, outside
 
 
 def translate(

@@ -221,6 +221,35 @@ def test_every_op_writes_the_same_result_into_out(spec):
             assert got is slot and torch.equal(got, want), name
 
 
+@pytest.mark.parametrize("spec", ["rand-m9-n4-mstd0.5", "rand-m9-n3-t3a"])
+def test_every_op_on_a_clip_in_parts_gives_the_whole_clips_result(spec):
+    # what TrainPreset(chunk_frames=...) relies on: no op looks beyond the frame it works on
+    ra = ClipRandAugment(spec, HPARAMS)
+    clip = _clip([_frame(seed=s) for s in range(5)])
+    for op in ra.timm.ops:
+        random.seed(5)
+        args = op.level_fn(9, op.hparams) if op.level_fn else ()
+        kwargs = {"fillcolor": FILL, "resample": Image.BILINEAR}
+        whole = ra.apply(clip, op.name, args, kwargs)
+        for step in (1, 2, 3):
+            parts = [ra.apply(clip[t : t + step], op.name, args, kwargs) for t in range(0, 5, step)]
+            assert torch.equal(torch.cat(parts), whole), (op.name, step)
+
+
+def test_a_given_plan_is_run_as_given():
+    ra = ClipRandAugment("rand-m9-n4-mstd0.5", HPARAMS)
+    clip = _clip([_frame(seed=s) for s in range(2)])
+    random.seed(0)
+    np.random.seed(0)  # timm picks the ops with numpy, their magnitudes with random
+    plan = ra.sample()
+    random.seed(0)
+    np.random.seed(0)
+    assert torch.equal(ra(clip, plan=plan), ra(clip))  # the same draws, taken outside or inside
+    invert = [("Invert", (), {"fillcolor": FILL, "resample": Image.BILINEAR})]
+    assert torch.equal(ra(clip, plan=invert), 255 - clip)
+    assert ra(clip, plan=[]) is clip
+
+
 def test_per_channel_tables_write_into_out():
     clip = _clip([_frame(seed=s) for s in range(2)])
     lut = np.stack([np.arange(256), 255 - np.arange(256), np.full(256, 9)]).astype(np.uint8)
