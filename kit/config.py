@@ -63,6 +63,7 @@ class DataConfig:
     randaugment: str | None = "rand-m7-n4-mstd0.5"  # timm RandAugment spec, None = off
     random_erasing: float = 0.25  # probability of random erasing in training
     num_samples: int = 1  # augmented samples per video per step (the reference used 2)
+    chunk_frames: int | None = None  # training: frames taken through crop, flip and RandAugment at a time
     mean: list[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
     std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
     num_workers: int = 2  # DataLoader workers
@@ -425,6 +426,7 @@ def _check_values(p: Params) -> None:
         ("train.val_every", p.train.val_every),
         ("eval.crops", p.eval.crops), ("pseudo.views", p.pseudo.views), ("data.num_samples", p.data.num_samples),
         ("adapt_bn.num_batches", p.adapt_bn.num_batches), ("nproc_per_node", p.nproc_per_node),
+        ("data.chunk_frames", p.data.chunk_frames),
     ]:
         positive(key, v)
     if p.data.short_side is not None and p.data.short_side < p.data.crop:

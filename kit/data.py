@@ -487,6 +487,7 @@ def build_dataset(
             mean=d.mean,
             std=d.std,
             gamma=gamma,
+            chunk_frames=d.chunk_frames,
         )
     else:
         transform = EvalPreset(

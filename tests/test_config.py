@@ -97,6 +97,8 @@ def test_value_checks(params_dir):
         load_params(params_dir / "run.yaml", ["eval.crops=2"])
     with pytest.raises(ParamsError, match=r"train\.val_every must be > 0, got 0"):
         load_params(params_dir / "run.yaml", ["train.val_every=0"])
+    with pytest.raises(ParamsError, match=r"data\.chunk_frames must be > 0, got 0"):
+        load_params(params_dir / "run.yaml", ["data.chunk_frames=0"])
     with pytest.raises(ParamsError, match="unique"):
         load_params(params_dir / "run.yaml", ["models=[{name: a}, {name: a}]"])
     with pytest.raises(ParamsError, match=r"data\.short_side 40 is smaller than data\.crop 48"):

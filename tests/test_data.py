@@ -242,7 +242,10 @@ def test_build_dataset_from_params(tiny_data_dir):
     params = _params(tiny_data_dir, num_samples=2)
     train = build_dataset(params, "labeled", train=True)
     assert isinstance(train.transform, TrainPreset) and train.transform.gamma is None
+    assert train.transform.chunk_frames is None
     assert train[0]["video"].shape == (2, 3, 4, 32, 32)
+    parts = build_dataset(_params(tiny_data_dir, num_samples=2, chunk_frames=3), "labeled", train=True)
+    assert parts.transform.chunk_frames == 3 and parts[0]["video"].shape == (2, 3, 4, 32, 32)
     val = build_dataset(params, "val", train=False, views=2, crops=3)
     assert val.transform.gamma == params.eval.gamma == 0.25 and val.transform.short_side == 40
     assert val[0]["video"].shape == (6, 3, 4, 32, 32)

@@ -298,3 +298,28 @@ def test_into_copies_a_strided_clip_into_either_layout_as_torch_does():
     plain = torch.zeros(3, 4, 16, 16, dtype=torch.uint8)  # (C, T, H, W) in memory: torch's copy
     assert _into(clip, plain) is plain and torch.equal(plain, want)
     assert torch.equal(_into(clip.contiguous(), None), want)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5, 12, 40])
+def test_train_preset_in_parts_of_frames_gives_the_clip_it_gives_whole(chunk):
+    frames = np.random.default_rng(0).integers(0, 256, (12, 40, 48, 3), dtype=np.uint8)
+    whole = TrainPreset(crop=32, randaugment="rand-m9-n4-mstd0.5")
+    parts = TrainPreset(crop=32, randaugment="rand-m9-n4-mstd0.5", chunk_frames=chunk)
+    assert "chunk_frames" in repr(parts) and "chunk_frames" not in repr(whole)
+    for seed in range(30):
+        clips = []
+        for preset in (whole, parts):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            out = empty_clip(preset.output_shape(12)) if seed % 2 else None
+            clip = preset(frames, out=out)
+            assert out is None or clip is out
+            clips.append(clip)
+        assert clips[1].shape == (3, 12, 32, 32) and torch.equal(clips[0], clips[1]), seed
+        assert clips[1].permute(1, 2, 3, 0).is_contiguous()  # stored as empty_clip stores a clip
+
+
+def test_train_preset_rejects_a_chunk_of_no_frames():
+    with pytest.raises(ValueError, match="chunk_frames must be >= 1"):
+        TrainPreset(crop=32, chunk_frames=0)
