@@ -6,6 +6,8 @@
 #   workers   the train loader at 32 x 224 profiled in the main process and in 8 workers
 #   profiles  where the GPU time of Adapt BN goes, for each statistics kernel
 #   loaders   the suite's loader section on the GPU (ratios over raw decoding, finishing on the GPU)
+#   chunks    the train loader in 8 workers with whole clips against parts of 8 and 4 frames
+#             (data.chunk_frames), on the loaders step's 32 x 224 set
 #   realsize  the kit's real-size path (fit, Adapt BN, 3 x 3 TTA) on synthetic 32 x 224 clips
 #
 # Usage: bash bench/gpu_check.sh [RESULTS_DIR]   (from the repo root, in the nightkit environment)
@@ -59,6 +61,9 @@ check() {
       --size 224 --batch 8 --batches 2 --top 12 --stats-kernel "$kernel"
   done
   step loaders 180 90 "$py" -m bench --device cuda --only loader --out "$out" --cache "$cache"
+  step chunks 120 45 "$py" bench/loader.py "$cache/synth_224px_4x16" --frames 32 --crop 224 --short-side 224 \
+    --randaugment rand-m7-n4-mstd0.5 --random-erasing 0.25 --workers 8 --batch-size 4 --max-clips 64 --repeats 2 \
+    --chunk-frames 0,8,4 --device cuda
   step realsize 240 120 "$py" bench/gpu_check.py --out "$out/gpu_check.json"
   echo "== gpu_check: done in $SECONDS s"
   return 0

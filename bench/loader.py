@@ -8,7 +8,8 @@ a temporary folder). For each worker count it times, over the same clips of one 
 - ``kit eval``: the DataLoader of :func:`kit.data.build_loader` over :func:`kit.data.build_dataset`
   with ``train=False`` (decode, gamma, resize, crop, collate): uint8 clips, as raw decoding gives;
 - ``kit train``: ``train=True`` (random indices, RandomResizedCrop, flip, RandAugment as the
-  params say);
+  params say); with ``--chunk-frames 0,8`` also ``kit train, parts of 8 frames`` (``data.chunk_frames``:
+  the same clips, taken through crop, flip and RandAugment 8 frames at a time);
 - ``finish``: what :class:`kit.data.DeviceLoader` then does to those batches where the model runs
   (float32 conversion, mean/std, and random erasing in training), timed apart on ``device`` in
   milliseconds per clip: on a GPU it runs beside the model, on a CPU it is the model's thread's.
@@ -111,29 +112,34 @@ def run_benchmark(
     max_clips: int = 64,
     repeats: int = 2,
     device: str = "cpu",
+    chunk_frames=(None,),
 ) -> list[dict]:
     """Rows ``{loader, workers, clips, seconds, clips_per_s, ratio}`` (ratio = clips/s over raw
-    decord's), then ``{loader: "kit eval finish" / "kit train finish", device, ms_per_clip}``."""
+    decord's), then ``{loader: "kit eval finish" / "kit train finish", device, ms_per_clip}``. The train
+    loader is timed once for each value of ``chunk_frames`` (``data.chunk_frames``; None or 0: whole clips)."""
     device = torch.device(device)
     root = Path(data_dir)
     clips = data.read_list(root / list_name, None).paths[:max_clips]
     sub = Path(tempfile.mkdtemp(prefix="bench_list_")) / "bench.csv"
     data.write_list(sub, clips, [0] * len(clips))
-    params = params_from_dict(
-        {
-            "run": "bench",
-            "data": {
-                "root": str(root),
-                "frames": frames,
-                "crop": crop,
-                "short_side": short_side,
-                "randaugment": randaugment,
-                "random_erasing": random_erasing,
-                "num_samples": 1,
-            },
-            "models": [{"name": "none"}],
-        }
-    )
+    def params(chunk=None):
+        return params_from_dict(
+            {
+                "run": "bench",
+                "data": {
+                    "root": str(root),
+                    "frames": frames,
+                    "crop": crop,
+                    "short_side": short_side,
+                    "randaugment": randaugment,
+                    "random_erasing": random_erasing,
+                    "num_samples": 1,
+                    "chunk_frames": chunk or None,
+                },
+                "models": [{"name": "none"}],
+            }
+        )
+
     rows, finish = [], {}
     for w in workers:
         loaders = {
@@ -144,24 +150,26 @@ def run_benchmark(
                 persistent_workers=w > 0,
             ),
             "kit eval": data.build_loader(
-                data.build_dataset(params, str(sub), train=False, gamma=gamma),
+                data.build_dataset(params(), str(sub), train=False, gamma=gamma),
                 batch_size=batch_size,
                 train=False,
                 num_workers=w,
             ),
-            "kit train": data.build_loader(
-                data.build_dataset(params, str(sub), train=True),
+        }
+        for chunk in chunk_frames:
+            name = f"kit train, parts of {chunk} frames" if chunk else "kit train"
+            loaders[name] = data.build_loader(
+                data.build_dataset(params(chunk), str(sub), train=True),
                 batch_size=batch_size,
                 train=True,
                 num_workers=w,
                 drop_last=False,
-            ),
-        }
+            )
         # the kit's loaders without DeviceLoader's last step: uint8 clips, as raw decoding gives
         timed = _time_loaders({name: getattr(ld, "loader", ld) for name, ld in loaders.items()}, repeats)
         raw = None
         for name, (n, sec, batches) in timed.items():
-            if name != "raw decord" and name not in finish:
+            if name in ("kit eval", "kit train") and name not in finish:
                 finish[name] = _time_finish(loaders[name].finish, batches, device, repeats)
             rate = n / sec
             raw = raw or rate
@@ -198,6 +206,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     ap.add_argument("--device", default="cpu", help="where the batches are finished (cpu, cuda)")
+    ap.add_argument("--chunk-frames", default="0",
+                    help="comma-separated values of data.chunk_frames for the train loader (0: whole clips)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -226,6 +236,7 @@ def main(argv=None) -> int:
         max_clips=args.max_clips,
         repeats=args.repeats,
         device=args.device,
+        chunk_frames=[int(c) for c in args.chunk_frames.split(",")],
     )
     print(
         f"{'loader':12s} {'workers':>7s} {'clips':>6s} {'seconds':>8s} {'clips/s':>8s} {'ratio':>6s}"

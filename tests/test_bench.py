@@ -172,3 +172,21 @@ def test_adapt_bn_bench_compares_every_setting_once_per_round():
     assert all(r["mean_diff"] == 0 and r["var_rel_diff"] == 0 for r in rows[1:])
     assert all(r["ratio"] > 0 and r["bn_layers"] == 38 for r in rows)
     assert kit.adapt_bn.STATS_KERNEL == "pytorch" and kit.adapt_bn.SPLIT_BLOCKS_PER_SM == 4  # put back
+
+
+def test_loader_bench_times_the_train_loader_for_each_chunk_size(tmp_path):
+    from bench import loader
+    from bench.__main__ import _synthetic_set
+
+    root = _synthetic_set(tmp_path, size=64, clips_per_class=2, num_classes=2)
+    rows = loader.run_benchmark(
+        root, frames=8, crop=48, short_side=56, randaugment="rand-m7-n4-mstd0.5", workers=(0,), max_clips=4,
+        batch_size=2, repeats=1, chunk_frames=(None, 3),
+    )
+    by = {(r["loader"], r.get("workers")): r for r in rows}
+    assert set(by) == {
+        ("raw decord", 0), ("kit eval", 0), ("kit train", 0), ("kit train, parts of 3 frames", 0),
+        ("kit eval finish", None), ("kit train finish", None),
+    }
+    for name in ("kit train", "kit train, parts of 3 frames"):
+        assert by[(name, 0)]["clips"] == 4 and by[(name, 0)]["ratio"] > 0
