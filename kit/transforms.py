@@ -196,7 +196,8 @@ class TrainPreset:
     normalisation, then timm RandomErasing with probability ``random_erasing`` per clip (the same
     region in every frame). Crop and flip draw from torch's RNG, RandAugment from Python's ``random``
     and numpy's (DataLoader workers seed all three), erasing from Python's ``random`` and torch's
-    where the batch is finished.
+    where the batch is finished. ``chunk_frames`` (``data.chunk_frames``): how many frames at a time go
+    through crop, flip and RandAugment (None: the whole clip), with the same result (:meth:`__call__`).
     """
 
     def __init__(
