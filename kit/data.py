@@ -382,7 +382,7 @@ def keep_freed_memory() -> bool:
             mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
             # glibc's mallopt returns 1 on success (musl's stub returns 0)
             ok = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES) == 1
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, TypeError):  # no C library by that name (CDLL(None) off POSIX)
             ok = False
         _kept = (pid, ok)
     return _kept[1]

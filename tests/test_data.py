@@ -500,3 +500,16 @@ def test_each_decoding_process_keeps_freed_memory_once(tiny_data_dir, monkeypatc
         assert pid != os.getpid() and kept == (pid, ok) and child_ok == ok  # a forked worker sets its own
     monkeypatch.setattr(data, "KEEP_FREED_BYTES", None)
     assert real() is False  # switched off: glibc's own policy
+
+
+def test_keep_freed_memory_without_glibc_reports_false(monkeypatch):
+    import ctypes
+
+    class NoLibc:  # as CDLL(None) behaves where there is no POSIX C library to open
+        def __init__(self, name):
+            raise TypeError("expected str, bytes or os.PathLike object, not NoneType")
+
+    monkeypatch.setattr(data, "_kept", None)
+    monkeypatch.setattr(ctypes, "CDLL", NoLibc)
+    assert data.keep_freed_memory() is False
+    assert data.keep_freed_memory() is False  # remembered for the process
