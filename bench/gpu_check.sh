@@ -31,7 +31,7 @@ step() {
   local name=$1 limit=$2 need=$3
   shift 3
   local left=$((end - SECONDS))
-  if ((left < need)); then
+  if ((left < need || left < 1)); then  # timeout 0 would mean no limit at all
     echo "== $name: skipped, $left s of the budget left (it needs $need)"
     return 0
   fi
