@@ -24,6 +24,13 @@ def _micro(tmp_path):
     ]
 
 
+def _warnings(notebook) -> list[str]:
+    # what a cell printed to stderr that a reader would take for a warning
+    cells = json.loads(notebook.read_text())["cells"]
+    streams = ["".join(o["text"]) for c in cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    return [s for s in streams if "Warning" in s or "WARNING" in s]
+
+
 def test_micro_pipeline_runs_every_notebook_and_reruns_nothing(tmp_path):
     overrides = _micro(tmp_path)
     out = io.StringIO()
@@ -47,6 +54,7 @@ def test_micro_pipeline_runs_every_notebook_and_reruns_nothing(tmp_path):
         html = run / "notebooks" / f"{name}.html"
         assert html.exists() and f'href="notebooks/{name}.html"' in report
         assert "kit.notebook.start" not in html.read_text()  # rendered without code cells
+        assert not _warnings(run / "notebooks" / f"{name}.ipynb")
     assert "Ablation" in report and "data:image/png;base64" in report
     assert (run / "submission.csv").read_text().startswith("VideoID,Video,ClassID,Probability")
     assert (run / "pseudo" / "r1" / "pseudo.csv").exists()
