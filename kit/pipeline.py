@@ -14,11 +14,13 @@ overwritten: the run goes to ``outputs/<run>-2`` (then ``-3``...).
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import resource
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,11 +167,37 @@ def render_html(notebook: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
+    nb = nbformat.read(str(notebook), as_version=4)
+    _describe_figures(nb)
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    body, _ = exporter.from_notebook_node(nb)
     html = notebook.with_suffix(".html")
     html.write_text(body, encoding="utf-8")
     return html
+
+
+def _describe_figures(nb) -> None:
+    """Give every PNG figure of ``nb`` (in memory) an HTML form with alternative text: the first line
+    of the nearest markdown cell above it (a section's heading, or the sentence that introduces the
+    figure), numbered when several figures share it. nbconvert's template writes PNGs without one
+    (it then fills in "No description has been provided" and logs a warning per notebook)."""
+    section, figures = "", []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            heading = next((line.lstrip("#").strip() for line in cell.source.splitlines() if line.strip()), "")
+            if heading:
+                section = heading.replace("**", "").replace("`", "")
+            continue
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "image/png" in data and "text/html" not in data:
+                figures.append((section, data))
+    counts = Counter(s for s, _ in figures)
+    seen = Counter()
+    for section, data in figures:
+        seen[section] += 1
+        alt = f"Figure: {section}" + (f" ({seen[section]} of {counts[section]})" if counts[section] > 1 else "")
+        data["text/html"] = f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data["image/png"].strip()}">'
 
 
 def select_steps(steps: list[Step], *, start: str | None, only: str | None) -> list[Step]:

@@ -1,6 +1,7 @@
 """The papermill runner: planning, dry runs, bad parameters, run folders."""
 
 import io
+import re
 
 import pytest
 import yaml
@@ -56,3 +57,44 @@ def test_run_folder_never_reuses_another_runs_folder(tmp_path):
     save_params(other, folder2 / "params.yaml")
     assert pipeline.run_folder(load_params("params/demo.yaml", [f"output_root={tmp_path}", "train.epochs=2"]))[0] == folder2
     assert yaml.safe_load((folder / "params.yaml").read_text())["train"]["epochs"] == params.train.epochs
+
+
+def test_rendered_figures_carry_the_heading_of_their_section(tmp_path, caplog):
+    import base64
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nbformat
+
+    def figure_output():
+        buf = io.BytesIO()
+        fig = plt.figure(figsize=(1, 1))
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        png = base64.b64encode(buf.getvalue()).decode()
+        return nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# 10 · Supervised fine-tuning\n\nIntro."),
+        nbformat.v4.new_code_cell("fig", outputs=[figure_output()]),
+        nbformat.v4.new_markdown_cell("\n## Confusion **matrices** of `val`\nText."),
+        nbformat.v4.new_code_cell("a", outputs=[figure_output(), figure_output()]),
+        nbformat.v4.new_code_cell("b", outputs=[figure_output()]),
+    ]
+    path = tmp_path / "stage.ipynb"
+    nbformat.write(nb, path)
+    with caplog.at_level(logging.WARNING):
+        body = pipeline.render_html(path).read_text()
+    alts = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,', body)
+    assert alts == [
+        "Figure: 10 · Supervised fine-tuning",
+        "Figure: Confusion matrices of val (1 of 3)",
+        "Figure: Confusion matrices of val (2 of 3)",
+        "Figure: Confusion matrices of val (3 of 3)",
+    ]
+    assert "No description" not in body and not [r for r in caplog.records if "Alternative text" in r.getMessage()]
+    assert "text/html" not in nbformat.read(path, as_version=4).cells[1].outputs[0].data  # the notebook is left as it was

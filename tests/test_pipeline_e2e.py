@@ -54,6 +54,7 @@ def test_micro_pipeline_runs_every_notebook_and_reruns_nothing(tmp_path):
         html = run / "notebooks" / f"{name}.html"
         assert html.exists() and f'href="notebooks/{name}.html"' in report
         assert "kit.notebook.start" not in html.read_text()  # rendered without code cells
+        assert "No description has been provided" not in html.read_text()  # every figure has its alt text
         assert not _warnings(run / "notebooks" / f"{name}.ipynb")
     assert "Ablation" in report and "data:image/png;base64" in report
     assert (run / "submission.csv").read_text().startswith("VideoID,Video,ClassID,Probability")
