@@ -67,6 +67,9 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.45, 0.45, 0.45])
     std: list[float] = field(default_factory=lambda: [0.225, 0.225, 0.225])
     num_workers: int = 2  # DataLoader workers
+    # workers of the loaders that only evaluate (validation, predictions, TTA, Adapt BN), None = num_workers;
+    # they draw nothing random and their batches come in order, so the value changes no result
+    eval_num_workers: int | None = None
     skip_bad_videos: bool = False  # log and skip undecodable clips instead of failing
 
 
@@ -429,6 +432,9 @@ def _check_values(p: Params) -> None:
         ("data.chunk_frames", p.data.chunk_frames),
     ]:
         positive(key, v)
+    for key, v in [("data.num_workers", p.data.num_workers), ("data.eval_num_workers", p.data.eval_num_workers)]:
+        if v is not None and v < 0:
+            raise ParamsError(f"{key} must be >= 0, got {v}")
     if p.data.short_side is not None and p.data.short_side < p.data.crop:
         raise ParamsError(
             f"data.short_side {p.data.short_side} is smaller than data.crop {p.data.crop}: "

@@ -134,7 +134,8 @@ def _loader(params: Params, split: str, *, train: bool, gamma, views=1, crops=1,
         ds,
         batch_size=batch_size or (params.train.batch_size if train else params.eval.batch_size),
         train=train,
-        num_workers=params.data.num_workers,
+        num_workers=params.data.num_workers if train or params.data.eval_num_workers is None
+        else params.data.eval_num_workers,
         seed=params.seed,
         device=resolve_device(params),
     )

@@ -99,6 +99,10 @@ def test_value_checks(params_dir):
         load_params(params_dir / "run.yaml", ["train.val_every=0"])
     with pytest.raises(ParamsError, match=r"data\.chunk_frames must be > 0, got 0"):
         load_params(params_dir / "run.yaml", ["data.chunk_frames=0"])
+    for key in ("data.num_workers", "data.eval_num_workers"):
+        with pytest.raises(ParamsError, match=rf"{key} must be >= 0, got -1"):
+            load_params(params_dir / "run.yaml", [f"{key}=-1"])
+    assert load_params(params_dir / "run.yaml", ["data.num_workers=0"]).data.eval_num_workers is None
     with pytest.raises(ParamsError, match="unique"):
         load_params(params_dir / "run.yaml", ["models=[{name: a}, {name: a}]"])
     with pytest.raises(ParamsError, match=r"data\.short_side 40 is smaller than data\.crop 48"):

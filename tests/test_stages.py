@@ -82,3 +82,33 @@ def test_select_pseudo_pool_follows_the_protocol(tmp_path, protocol):
         assert sorted(kept) == sorted(lists["unlabeled"] + lists["val"] + lists["test"])
     assert report["protocol"] == protocol
     assert stages.select_pseudo(params, 1) == report  # computed once per round, then read back
+
+
+def test_evaluation_workers_change_no_result_of_the_adapt_bn_stage(tmp_path):
+    import torch
+
+    runs = {}
+    for workers in (0, 2):
+        params = load_params("params/demo.yaml", [
+            f"output_root={tmp_path / f'out{workers}'}", f"data.root={tmp_path / 'data'}", "data.num_workers=1",
+            "data.synthetic_clips_per_class=2", "data.synthetic_frames=16",
+            f"data.eval_num_workers={workers}", "models=[{name: slowfast_tiny, key: sf}]", "adapt_bn.batch_size=4",
+            "eval.tta_crops=[3]", "eval.batch_size=2",
+        ])
+        stages.ensure_data(params)  # generated once, then found
+        # the loaders that only evaluate take eval_num_workers, the train loader num_workers
+        assert stages._loader(params, "val", train=False, gamma=None).num_workers == workers
+        assert stages._loader(params, "labeled", train=True, gamma=None).num_workers == 1
+        layout = RunLayout(params.out_dir)
+        torch.manual_seed(0)
+        stages.save_weights(stages.build_model(params, "sf"), layout.model_dir("sf", "supervised") / "final.pth")
+        results = stages.adapt(params, "sf")  # Adapt BN on the pool, then val, test, the pool and the TTA table
+        assert results["adapt_bn"]["batches"] > 1
+        weights = torch.load(layout.model_dir("sf", "adapt_bn") / "final.pth", weights_only=True)["model"]
+        preds = {s: predictions.load(layout.predictions("sf", "adapt_bn", s)) for s in ("val", "test", "unlabeled")}
+        runs[workers] = results, weights, preds
+    (r0, w0, p0), (r2, w2, p2) = runs[0], runs[2]
+    assert r0["val"] == r2["val"] and r0["tta"] == r2["tta"]
+    assert w0.keys() == w2.keys() and all(torch.equal(w0[k], w2[k]) for k in w0)
+    for split in p0:
+        assert p0[split].paths == p2[split].paths and (p0[split].scores == p2[split].scores).all()
