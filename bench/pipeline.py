@@ -59,7 +59,7 @@ def papermill_overhead(*, repeats: int = 3, kernel: str | None = None, setup: st
     """
     import papermill as pm
 
-    from kit.pipeline import kernel_name, render_html
+    from kit.pipeline import kernel_name, private_kernel, render_html
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -70,10 +70,11 @@ def papermill_overhead(*, repeats: int = 3, kernel: str | None = None, setup: st
         for i in range(repeats):
             out = Path(tmp) / f"trivial_out{i}.ipynb"
             t0 = time.perf_counter()
-            pm.execute_notebook(
-                str(src), str(out), parameters={"x": i}, kernel_name=kernel,
-                progress_bar=False, log_output=False, cwd=str(ROOT),
-            )
+            with private_kernel() as transport:  # as the pipeline starts its kernels
+                pm.execute_notebook(
+                    str(src), str(out), parameters={"x": i}, kernel_name=kernel,
+                    progress_bar=False, log_output=False, cwd=str(ROOT), **transport,
+                )
             if render:
                 render_html(out)
             times.append(time.perf_counter() - t0)

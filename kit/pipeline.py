@@ -14,11 +14,14 @@ overwritten: the run goes to ``outputs/<run>-2`` (then ``-3``...).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
 import logging
+import os
 import resource
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -144,6 +147,25 @@ def kernel_name() -> str:
     return "python3"
 
 
+@contextlib.contextmanager
+def private_kernel():
+    """Keyword arguments for papermill that start a notebook's kernel on Unix sockets in a folder of
+    its own (mode 700, removed afterwards) instead of on localhost TCP ports, where its traffic is
+    plain text to every user of the machine (ipykernel 7 warns of it at each start). Off POSIX,
+    none: the kernel keeps TCP."""
+    if os.name != "posix":
+        yield {}
+        return
+    from traitlets.config import Config
+
+    with tempfile.TemporaryDirectory(prefix="nightkit-kernel-") as folder:
+        config = Config()
+        config.KernelManager.transport = "ipc"
+        # without a folder, ipc sockets are "kernel-ipc-N" in the kernel's working directory
+        config.KernelManager.ip = os.path.join(folder, "kernel")
+        yield {"config": config}
+
+
 def execute(step: Step, layout: RunLayout, *, kernel: str, progress: bool = True) -> float:
     """Execute one notebook with papermill into the run folder and render it to HTML; return seconds."""
     import papermill as pm
@@ -153,10 +175,11 @@ def execute(step: Step, layout: RunLayout, *, kernel: str, progress: bool = True
     out.parent.mkdir(parents=True, exist_ok=True)
     parameters = {"params_file": str(layout.params.resolve()), "overrides": [], **step.parameters}
     t0 = time.time()
-    pm.execute_notebook(
-        str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=str(ROOT),
-        progress_bar=progress, log_output=False, report_mode=False,
-    )
+    with private_kernel() as transport:
+        pm.execute_notebook(
+            str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=str(ROOT),
+            progress_bar=progress, log_output=False, report_mode=False, **transport,
+        )
     seconds = time.time() - t0
     render_html(out)
     return seconds

@@ -98,3 +98,37 @@ def test_rendered_figures_carry_the_heading_of_their_section(tmp_path, caplog):
     ]
     assert "No description" not in body and not [r for r in caplog.records if "Alternative text" in r.getMessage()]
     assert "text/html" not in nbformat.read(path, as_version=4).cells[1].outputs[0].data  # the notebook is left as it was
+
+
+@pytest.mark.slow
+def test_notebook_kernels_talk_over_private_unix_sockets(tmp_path, monkeypatch, capfd):
+    import json
+    import os
+
+    import nbformat
+
+    from kit.layout import RunLayout
+
+    probe = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
+    params_cell = nbformat.v4.new_code_cell("params_file = None\noverrides = []")
+    params_cell.metadata["tags"] = ["parameters"]
+    probe.cells = [params_cell, nbformat.v4.new_code_cell(
+        "import os\nfrom ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\n"
+        "folder = os.path.dirname(app.ip)\n"
+        "print(app.transport, app.ip, oct(os.stat(folder).st_mode & 0o777) if folder else '-')"
+    )]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(probe, tmp_path / "notebooks" / "00_data.ipynb")
+    monkeypatch.setattr(pipeline, "NOTEBOOKS", tmp_path / "notebooks")
+    root_before = set(os.listdir(pipeline.ROOT))
+
+    layout = RunLayout(tmp_path / "run")
+    pipeline.execute(pipeline.Step("data"), layout, kernel="python3", progress=False)
+
+    cells = json.loads((layout.root / "notebooks" / "00_data.ipynb").read_text())["cells"]
+    transport, ip, mode = "".join(cells[-1]["outputs"][0]["text"]).split()
+    assert transport == "ipc" and mode == "0o700"
+    assert os.path.basename(os.path.dirname(ip)).startswith("nightkit-kernel-")
+    assert not os.path.exists(os.path.dirname(ip))  # the sockets' folder is gone with the kernel
+    assert set(os.listdir(pipeline.ROOT)) == root_before  # no kernel-ipc-N sockets in the working directory
+    assert "without encryption" not in capfd.readouterr().err
