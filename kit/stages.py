@@ -93,7 +93,8 @@ def num_classes(params: Params) -> int:
 
 
 def build_model(params: Params, label: str, *, pseudo: bool = False):
-    """Create a model of the params (with drop path from its recipe) and load its pretrained weights."""
+    """Create a model of the params (with drop path from its recipe, in channels-last-3d memory with
+    ``params.channels_last``) and load its pretrained weights."""
     from kit.models import create_model, load_pretrained
 
     m = params.model(label)
@@ -102,6 +103,10 @@ def build_model(params: Params, label: str, *, pseudo: bool = False):
     if recipe.drop_path is not None:
         overrides.setdefault("drop_path_rate", recipe.drop_path)
     model = create_model(m.name, num_classes=num_classes(params), **overrides)
+    if params.channels_last:
+        # every 5-D weight in NDHWC order; a convolution given NCDHW input computes in the layout of
+        # its weight, and the weights loaded below are copied into these tensors, keeping it
+        model.to(memory_format=torch.channels_last_3d)
     if m.pretrained:
         report = load_pretrained(model, m.pretrained)
         log.info("%s: loaded %s (%s)", label, m.pretrained, report)

@@ -112,3 +112,39 @@ def test_evaluation_workers_change_no_result_of_the_adapt_bn_stage(tmp_path):
     assert w0.keys() == w2.keys() and all(torch.equal(w0[k], w2[k]) for k in w0)
     for split in p0:
         assert p0[split].paths == p2[split].paths and (p0[split].scores == p2[split].scores).all()
+
+
+@pytest.mark.parametrize("name", ["uniformer_tiny", "slowfast_tiny"])
+def test_channels_last_models_keep_their_layout_and_compute_what_contiguous_ones_do(tmp_path, name):
+    import torch
+
+    def params(channels_last):
+        return load_params("params/demo.yaml", [
+            f"output_root={tmp_path}", f"channels_last={str(channels_last).lower()}", f"models=[{{name: {name}, key: m}}]",
+        ])
+
+    torch.manual_seed(0)
+    plain = stages.build_model(params(False), "m")
+    path = stages.save_weights(plain, tmp_path / "plain.pth")
+    last = stages.build_model(params(True), "m")
+    stages.load_weights(last, path)  # a contiguous checkpoint into a channels-last model
+    five_d = [(n, p) for n, p in last.named_parameters() if p.dim() == 5]
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for _, p in five_d)
+    assert sum(not p.is_contiguous() for _, p in five_d) >= 3  # 1x1x1 kernels are both layouts at once
+    assert all(torch.equal(p, plain.get_parameter(n)) for n, p in last.named_parameters())
+    # and a channels-last checkpoint into a contiguous model
+    again = stages.build_model(params(False), "m")
+    stages.load_weights(again, stages.save_weights(last, tmp_path / "last.pth"))
+    assert all(p.is_contiguous() and torch.equal(p, last.get_parameter(n)) for n, p in again.named_parameters())
+
+    x = torch.randn(2, 3, 8, 48, 48)
+    y = torch.tensor([1, 2])
+    for model in (plain, last):
+        model.train()
+        torch.manual_seed(1)  # the same drop path
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    for n, p in plain.named_parameters():
+        assert torch.allclose(last.get_parameter(n).grad, p.grad, rtol=1e-3, atol=1e-5), n
+    plain.eval(), last.eval()
+    with torch.no_grad():
+        assert torch.allclose(last(x), plain(x), rtol=1e-4, atol=1e-5)
