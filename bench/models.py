@@ -3,6 +3,8 @@
 Run ``python bench/models.py`` (CPU, tiny models, 8 frames x 64 px) or, on a GPU,
 ``python bench/models.py --device cuda --amp bf16 --frames 32 --size 224 --batch 4
 --models uniformer_b,mvit_b,slowfast_r101``. ``run_benchmark(...)`` returns the rows as dicts.
+``--channels-last`` puts the models' weights in channels-last-3d memory, as the ``channels_last`` param
+does in a run.
 
 Numbers: clips/s = batch / median seconds per step (after warm-up, CUDA synchronised per step;
 the median resists other processes on a shared CPU). SDPA and plain steps are interleaved.
@@ -67,7 +69,8 @@ def _step_times(
 
 
 def _build(
-    name: str, *, frames: int, size: int, num_classes: int, grad_checkpointing: bool = False
+    name: str, *, frames: int, size: int, num_classes: int, grad_checkpointing: bool = False,
+    channels_last: bool = False,
 ) -> torch.nn.Module:
     # MViT and SlowFast are built for one input size; UniFormer runs any size
     family = name.split("_")[0]
@@ -77,6 +80,8 @@ def _build(
         if not hasattr(model, "set_grad_checkpointing"):
             raise ValueError(f"{name} has no gradient checkpointing option")
         model.set_grad_checkpointing(True)
+    if channels_last:  # as kit.stages.build_model with params.channels_last: the weights only
+        model.to(memory_format=torch.channels_last_3d)
     return model
 
 
@@ -229,6 +234,7 @@ def run_benchmark(
     min_seconds: float = 1.0,
     attention_model: str | None = "uniformer_tiny",
     grad_checkpointing: bool = False,
+    channels_last: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """Benchmark ``models`` (default: the tiny variants) and UniFormer SDPA vs plain attention.
 
@@ -255,10 +261,12 @@ def run_benchmark(
                     size=size,
                     num_classes=num_classes,
                     grad_checkpointing=grad_checkpointing,
+                    channels_last=channels_last,
                 ),
                 name=name,
                 **common,
             )
+            | {"channels_last": channels_last}
         )
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -272,6 +280,7 @@ def run_benchmark(
             size=size,
             num_classes=num_classes,
             grad_checkpointing=grad_checkpointing,
+            channels_last=channels_last,
         )
         attention = bench_attention(model, name=attention_model, **common)
     return rows, attention
@@ -307,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute activations")
     parser.add_argument(
+        "--channels-last", action="store_true", help="models in channels-last-3d memory (params: channels_last)"
+    )
+    parser.add_argument(
         "--min-seconds", type=float, default=1.0, help="timed seconds per measurement"
     )
     args = parser.parse_args(argv)
@@ -321,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         min_seconds=args.min_seconds,
         grad_checkpointing=args.grad_checkpointing,
         attention_model=args.attention_model or None,
+        channels_last=args.channels_last,
     )
     where = f"{args.device}" + (
         f" ({torch.cuda.get_device_name(args.device)})"
@@ -329,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"# models on {where}, amp {args.amp}, grad checkpointing {args.grad_checkpointing}, "
+        f"channels last {args.channels_last}, "
         f"input ({args.batch}, 3, {args.frames}, {args.size}, {args.size})"
     )
     print(

@@ -190,3 +190,22 @@ def test_loader_bench_times_the_train_loader_for_each_chunk_size(tmp_path):
     }
     for name in ("kit train", "kit train, parts of 3 frames"):
         assert by[(name, 0)]["clips"] == 4 and by[(name, 0)]["ratio"] > 0
+
+
+def test_models_bench_times_channels_last_models_as_a_run_builds_them(monkeypatch):
+    import torch
+
+    from bench import models as bench_models
+
+    seen = []
+    real = bench_models.bench_model
+    monkeypatch.setattr(bench_models, "bench_model", lambda model, **kw: seen.append(model) or real(model, **kw))
+    for channels_last in (False, True):
+        rows, _ = bench_models.run_benchmark(
+            models=["uniformer_tiny"], frames=4, size=32, batch=1, min_seconds=0.01, attention_model=None,
+            channels_last=channels_last,
+        )
+        assert rows[0]["channels_last"] is channels_last and rows[0]["fwdbwd_clips_s"] > 0
+    plain, last = (dict(m.named_parameters())["patch_embed1.proj.weight"] for m in seen)
+    assert plain.is_contiguous() and not last.is_contiguous()
+    assert last.is_contiguous(memory_format=torch.channels_last_3d)
