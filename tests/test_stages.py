@@ -118,9 +118,13 @@ def test_evaluation_workers_change_no_result_of_the_adapt_bn_stage(tmp_path):
 def test_channels_last_models_keep_their_layout_and_compute_what_contiguous_ones_do(tmp_path, name):
     import torch
 
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "classes.txt").write_text("".join(f"class{i}\n" for i in range(8)))  # all a model needs
+
     def params(channels_last):
         return load_params("params/demo.yaml", [
-            f"output_root={tmp_path}", f"channels_last={str(channels_last).lower()}", f"models=[{{name: {name}, key: m}}]",
+            f"output_root={tmp_path}", f"data.root={tmp_path / 'data'}", f"channels_last={str(channels_last).lower()}",
+            f"models=[{{name: {name}, key: m}}]",
         ])
 
     torch.manual_seed(0)
