@@ -194,9 +194,9 @@ def render_html(notebook: Path) -> Path:
     _describe_figures(nb)
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
-    html = notebook.with_suffix(".html")
-    html.write_text(body, encoding="utf-8")
-    return html
+    page = notebook.with_suffix(".html")
+    page.write_text(body, encoding="utf-8")
+    return page
 
 
 def _describe_figures(nb) -> None:
