@@ -110,13 +110,14 @@ def test_inspector_in_jupyterlab_lists_clips_with_thumbnails(tmp_path):
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
     }
     log = tmp_path / "jupyterlab.log"
+    log_file = log.open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={lab}",
          f"--LabApp.workspaces_dir={jupyter_home / 'workspaces'}", "--LabApp.news_url=None",
          "--ServerApp.port_retries=0", "--ServerApp.terminals_enabled=False",
          "--LabApp.extension_manager=readonly", "--allow-root"],  # CI containers run as root
-        cwd=lab, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=lab, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
     )
     screenshot = tmp_path / "inspector.png"
     try:
@@ -174,6 +175,7 @@ def test_inspector_in_jupyterlab_lists_clips_with_thumbnails(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+        log_file.close()
         keep = os.environ.get("NIGHTKIT_KEEP_SCREENSHOT")  # a folder to copy the screenshots to
         for shot in (screenshot, tmp_path / "failure.png"):
             if keep and shot.exists():

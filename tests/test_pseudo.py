@@ -184,7 +184,7 @@ def test_pseudo_list_round_trip(tmp_path):
     out = write_pseudo_list(tmp_path / "r1" / "pseudo.csv", paths, labels, probs)
     text = out.read_text()
     assert "tensor" not in text and "[" not in text
-    rows = list(csv.reader(out.open()))
+    rows = list(csv.reader(text.splitlines()))
     assert [r[0] for r in rows] == paths
     assert [int(r[1]) for r in rows] == labels.tolist()
     np.testing.assert_allclose([[float(x) for x in r[2:]] for r in rows], probs, atol=1e-6)
@@ -258,7 +258,7 @@ def test_select_round_writes_list_and_report(tmp_path):
         cfg, 1, pool, out_dir=tmp_path, class_names=["Drink", "Jump"], protocol="clean"
     )
     assert mask.tolist() == [True, False, True, False]
-    rows = list(csv.reader((tmp_path / "pseudo.csv").open()))
+    rows = list(csv.reader((tmp_path / "pseudo.csv").read_text().splitlines()))
     assert [(r[0], r[1]) for r in rows] == [("pool/0.mp4", "0"), ("pool/2.mp4", "1")]
     saved = json.loads((tmp_path / "selection.json").read_text())
     assert (
