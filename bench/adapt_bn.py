@@ -91,15 +91,18 @@ def run_benchmark(
     split_blocks_per_sm=(None,),
     stats_kernels=(None,),
     rounds: int = 1,
+    channels_last: bool = False,
 ) -> list[dict]:
     """One row per model, round and setting: each value of ``split_blocks_per_sm`` (None: the kit's
     :data:`kit.adapt_bn.SPLIT_BLOCKS_PER_SM`; 0: PyTorch's training-mode kernel everywhere) with the
     "pytorch" statistics kernel, and once more with "triton" (which needs no cut) when
     ``stats_kernels`` names it (None: the kit's :data:`kit.adapt_bn.STATS_KERNEL`):
-    ``{model, device, batches, batch_size, frames, size, bn_layers, split_blocks_per_sm, stats_kernel,
-    round, infer_s, adapt_s, ratio}``, and with several settings ``mean_diff`` / ``var_rel_diff``: the
-    largest difference of the running means, and relative one of the running variances, from the first
-    setting's. The settings take turns ``rounds`` times, so that a drift of the machine shows."""
+    ``{model, device, batches, batch_size, frames, size, channels_last, bn_layers, split_blocks_per_sm,
+    stats_kernel, round, infer_s, adapt_s, ratio}``, and with several settings ``mean_diff`` /
+    ``var_rel_diff``: the largest difference of the running means, and relative one of the running
+    variances, from the first setting's. The settings take turns ``rounds`` times, so that a drift of the
+    machine shows. ``channels_last``: the models' weights in channels-last-3d memory, as the
+    ``channels_last`` param builds them."""
     settings = _settings(split_blocks_per_sm, stats_kernels)
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
@@ -107,6 +110,8 @@ def run_benchmark(
     rows = []
     for name in models:
         model = create_model(name, num_classes=num_classes).to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last_3d)
         n_bn = len(bn_layers(model))
         _inference_pass(model, clips[:1], device)  # warm-up: kernels, allocator
         first = None
@@ -115,6 +120,7 @@ def run_benchmark(
                 infer_s, adapt_s = _time_passes(model, clips, device, repeats, blocks, kernel)
                 rows.append({
                     "model": name, "device": str(device), "batches": batches, "batch_size": batch_size,
+                    "channels_last": channels_last,
                     "frames": frames, "size": size, "bn_layers": n_bn,
                     "split_blocks_per_sm": blocks if kernel == "pytorch" else "-", "stats_kernel": kernel,
                     "round": round_ + 1, "infer_s": round(infer_s, 4), "adapt_s": round(adapt_s, 4),
@@ -178,6 +184,9 @@ def main(argv=None) -> int:
         "default: the kit's)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="times the settings take turns")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="models in channels-last-3d memory (params: channels_last)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,6 +196,7 @@ def main(argv=None) -> int:
         split_blocks_per_sm=[int(b) for b in args.split_blocks_per_sm.split(",")] if args.split_blocks_per_sm
         else (None,),
         stats_kernels=args.stats_kernel.split(",") if args.stats_kernel else (None,),
+        channels_last=args.channels_last,
     )
     keys = list(dict.fromkeys(k for r in rows for k in r))
     print(" | ".join(keys))

@@ -209,3 +209,19 @@ def test_models_bench_times_channels_last_models_as_a_run_builds_them(monkeypatc
     plain, last = (dict(m.named_parameters())["patch_embed1.proj.weight"] for m in seen)
     assert plain.is_contiguous() and not last.is_contiguous()
     assert last.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_adapt_bn_bench_times_channels_last_models_as_a_run_builds_them(monkeypatch):
+    import torch
+
+    seen = []
+    real = bench_adapt_bn.create_model
+    monkeypatch.setattr(bench_adapt_bn, "create_model", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    for channels_last in (False, True):
+        (row,) = bench_adapt_bn.run_benchmark(
+            models=("slowfast_tiny",), batches=2, batch_size=2, frames=4, size=32, repeats=1, channels_last=channels_last,
+        )
+        assert row["channels_last"] is channels_last and row["ratio"] > 0
+    plain, last = (dict(m.named_parameters())["s1.pathway0_stem.conv.weight"] for m in seen)
+    assert plain.is_contiguous() and not last.is_contiguous()
+    assert last.is_contiguous(memory_format=torch.channels_last_3d)
