@@ -8,9 +8,10 @@
 #   loaders   the suite's loader section on the GPU (ratios over raw decoding, finishing on the GPU)
 #   chunks    the train loader in 8 workers with whole clips against parts of 8 and 4 frames
 #             (data.chunk_frames), on the loaders step's 32 x 224 set
-#   realsize  the kit's real-size path (fit, Adapt BN, 3 x 3 TTA) on synthetic 32 x 224 clips
 #   layout    UniFormer-B and SlowFast-R101 training and inference speed with contiguous weights, then
 #             channels-last-3d ones (the channels_last param, off in params/base.yaml until timed here)
+#   realsize  the kit's real-size path (fit, Adapt BN, 3 x 3 TTA) on synthetic 32 x 224 clips (it ran on
+#             2026-11-26)
 #
 # Usage: bash bench/gpu_check.sh [RESULTS_DIR]   (from the repo root, in the nightkit environment)
 #   RESULTS_DIR (default outputs/bench/gpu) receives at most four files: gpu_check.log (everything the
@@ -66,11 +67,11 @@ check() {
   step chunks 120 45 "$py" bench/loader.py "$cache/synth_224px_4x16" --frames 32 --crop 224 --short-side 224 \
     --randaugment rand-m7-n4-mstd0.5 --random-erasing 0.25 --workers 8 --batch-size 4 --max-clips 64 --repeats 2 \
     --chunk-frames 0,8,4 --device cuda
-  step realsize 240 120 "$py" bench/gpu_check.py --out "$out/gpu_check.json"
   local models=(bench/models.py --device cuda --amp bf16 --frames 32 --size 224 --batch 4
     --models uniformer_b,slowfast_r101 --attention-model '')
   step layout-contiguous 90 45 "$py" "${models[@]}"
   step layout-channels-last 90 45 "$py" "${models[@]}" --channels-last
+  step realsize 240 120 "$py" bench/gpu_check.py --out "$out/gpu_check.json"
   echo "== gpu_check: done in $SECONDS s"
   return 0
 }

@@ -51,15 +51,15 @@ def test_every_step_runs_in_order_and_leaves_four_files(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     steps = [
         "pytest", "bench/adapt_bn.py", "hotspots loader", "--stats-kernel triton", "--stats-kernel pytorch",
-        "-m bench --device cuda --only loader", "bench/loader.py", "bench/gpu_check.py",
-        "bench/models.py --device cuda", "bench/models.py --device cuda",
+        "-m bench --device cuda --only loader", "bench/loader.py",
+        "bench/models.py --device cuda", "bench/models.py --device cuda", "bench/gpu_check.py",
     ]
     assert len(calls) == len(steps)
     for call, needle in zip(calls, steps, strict=True):
         assert needle in call
     assert f"--cache {tmp_path / 'cache'}" in calls[2] and f"--cache {tmp_path / 'cache'}" in calls[5]
     assert calls[6].startswith(f"bench/loader.py {tmp_path / 'cache'}/synth_224px_4x16 ")  # the loaders step's set
-    assert "--channels-last" not in calls[8] and calls[9].endswith(" --channels-last")  # each layout once
+    assert "--channels-last" not in calls[7] and calls[8].endswith(" --channels-last")  # each layout once
     assert sorted(p.name for p in out.iterdir()) == [
         "2026-11-27_010203.json", "2026-11-27_010203.md", "gpu_check.json", "gpu_check.log",
     ]
@@ -86,8 +86,8 @@ def test_a_small_budget_skips_the_steps_it_cannot_hold(tmp_path):
 
     assert proc.returncode == 0 and calls == []
     log = (out / "gpu_check.log").read_text()
-    for name in ("tests", "kernels", "workers", "profile-triton", "profile-pytorch", "loaders", "chunks", "realsize",
-                 "layout-contiguous", "layout-channels-last"):
+    for name in ("tests", "kernels", "workers", "profile-triton", "profile-pytorch", "loaders", "chunks",
+                 "layout-contiguous", "layout-channels-last", "realsize"):
         assert f"== {name}: skipped, " in log
 
 
