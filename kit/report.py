@@ -125,6 +125,23 @@ def ablation_text(summary: dict) -> str:
     return "\n\n".join(blocks)
 
 
+def gamma_label(gamma: float | None) -> str:
+    """How tables name a TTA row's gamma: ``"off"``, or its value (``0.25``)."""
+    return "off" if gamma is None or gamma != gamma else f"{gamma:g}"  # None, or NaN once in a DataFrame
+
+
+def tta_frame(rows):
+    """The TTA table of one model (:func:`kit.stages.tta_table`'s rows) as a DataFrame: top-1 by gamma
+    (rows) and views x crops (columns)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["gamma"] = df["gamma"].map(gamma_label)
+    return df.pivot_table(index="gamma", columns=["views", "crops"], values="top1")
+
+
 def _df_html(rows, percent=("top1", "top1_val", "top1_test", "accuracy", "pseudo_accuracy")) -> str:
     import pandas as pd
 
@@ -207,7 +224,7 @@ Accuracies are top-1 % on the labelled dark lists: <b>val</b> (held out from ada
 each model's best epoch and fits the ensemble weights) and <b>test</b> where its labels are known.</p>
 <h2>Stages</h2><ol>{links}</ol>
 <h2>Ablation</h2><pre>{html.escape(ablation_text(summary))}</pre>{_df_html(summary['ablation'])}
-<h2>Test-time augmentation (after Adapt BN, val)</h2>{_df_html([{**t, "gamma": "off" if t["gamma"] is None else t["gamma"]} for t in summary['tta']])}
+<h2>Test-time augmentation (after Adapt BN, val)</h2>{_df_html([{**t, "gamma": gamma_label(t["gamma"])} for t in summary['tta']])}
 <h2>Pseudo labels per round</h2>{_df_html(summary['pseudo'])}
 <h2>Ensemble</h2>{_ensemble_html(summary['ensemble'])}
 <h2>Confusion matrix</h2>{f'<img alt="confusion matrix" src="data:image/png;base64,{png}">' if png else '<p><em>no ensemble predictions on val</em></p>'}
