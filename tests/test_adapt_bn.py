@@ -190,10 +190,7 @@ def test_split_factor_fills_the_blocks_with_pieces_that_divide_and_keep_enough_v
         kit.adapt_bn.SPLIT_MIN_VALUES = kept
 
 
-def test_adapt_bn_puts_every_forward_back_when_the_loader_fails(monkeypatch):
-    # on the CPU SplitForward hands every input to the layer's own forward, so the pass can install it
-    monkeypatch.setattr(kit.adapt_bn, "_split_layers", lambda layers, device: list(layers))
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"multi_processor_count": 2}))
+def test_adapt_bn_puts_every_forward_back_when_the_loader_fails():
     torch.manual_seed(0)
     model = TinyCNN()
     expected = direct_stats(model, [b["video"] for b in batches(2)])
@@ -214,13 +211,40 @@ def test_adapt_bn_puts_every_forward_back_when_the_loader_fails(monkeypatch):
         assert torch.allclose(bn.running_var, var, rtol=1e-4, atol=1e-5)
 
 
-def test_split_forward_on_the_cpu_is_the_layers_own_forward():
-    x = torch.randn(2, 4, 6, 16, 16)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
+def test_split_forward_on_the_cpu_is_the_layers_own_forward_checked_once_per_shape(channels_last):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 6, 16, 16, generator=g) * 3 + 1
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last_3d)
     bn, ref = nn.BatchNorm3d(4), nn.BatchNorm3d(4)
-    forward = SplitForward(bn, 10**6)
+    nn.init.normal_(ref.weight), nn.init.normal_(ref.bias)
+    bn.load_state_dict(ref.state_dict())
+    forward = SplitForward(bn, 10**6)  # no cuts off CUDA, however many blocks
     with torch.no_grad():
-        assert torch.equal(forward(x), ref(x))
-    assert torch.equal(bn.running_var, ref.running_var) and forward.plans == {}
+        for momentum in (0.3, 1.0):  # read from the layer at each call, as adapt_bn sets it per batch
+            ref.momentum = bn.momentum = momentum
+            assert torch.equal(forward(x), ref(x))
+    for name in ("running_mean", "running_var"):
+        assert torch.equal(getattr(bn, name), getattr(ref, name)), name
+    assert forward.plans == {x.shape: (1,)}
+    # what the layer's own forward refuses, refused the same way
+    with pytest.raises(ValueError, match="expected 5D input"):
+        forward(torch.randn(2, 4, 16, 16))
+    with pytest.raises(ValueError, match=r"more than 1 value per channel.*\(1, 4, 1, 1, 1\)"):
+        forward(torch.randn(1, 4, 1, 1, 1))
+
+
+def test_adapt_bn_through_split_forward_equals_the_layers_own_forward_on_the_cpu(monkeypatch):
+    torch.manual_seed(0)
+    model = TinyCNN()
+    own = copy.deepcopy(model)
+    data = batches(3)
+    adapt_bn(model, data, device="cpu")
+    monkeypatch.setattr(kit.adapt_bn, "_split_layers", lambda layers, device: [])
+    adapt_bn(own, data, device="cpu")
+    for (name, got), want in zip(model.state_dict().items(), own.state_dict().values(), strict=True):
+        assert torch.equal(got, want), name
 
 
 @needs_cuda
@@ -265,13 +289,13 @@ def test_split_forward_equals_batchnorm_in_training_mode_on_cuda(dtype, affine, 
 
 
 @needs_cuda
-def test_split_forward_leaves_what_it_cannot_cut_to_the_layer_and_rejects_one_value_per_channel():
+def test_split_forward_gives_what_it_cannot_cut_to_pytorchs_kernel_and_rejects_one_value_per_channel():
     bn, ref = nn.BatchNorm3d(4).cuda(), nn.BatchNorm3d(4).cuda()
     x = torch.randn(2, 4, 6, 16, 16, device="cuda").transpose(3, 4)  # not contiguous
     forward = SplitForward(bn, 10**6)
     with torch.no_grad():
         assert torch.allclose(forward(x), ref(x), atol=1e-5)
-    assert torch.allclose(bn.running_var, ref.running_var) and forward.plans == {}
+    assert torch.allclose(bn.running_var, ref.running_var) and torch.allclose(bn.running_mean, ref.running_mean)
     with pytest.raises(ValueError, match=r"more than 1 value per channel.*\(1, 4, 1, 1, 1\)"):
         forward(torch.randn(1, 4, 1, 1, 1, device="cuda"))
     # float64 is not the Triton kernel's: PyTorch's batch_norm takes it
@@ -326,16 +350,19 @@ def test_an_unknown_stats_kernel_fails_before_any_batch_is_read(monkeypatch):
         assert torch.equal(v, before[k]), k
 
 
-def test_the_triton_kernel_takes_every_cuda_layer_and_needs_triton_before_the_pass(monkeypatch):
+def test_every_plain_batchnorm_layer_is_stood_in_for_and_triton_is_needed_on_cuda_only(monkeypatch):
     layers = bn_layers(TinyCNN())
     cuda = torch.device("cuda")  # _split_layers only reads the device's type
     monkeypatch.setattr(kit.adapt_bn, "STATS_KERNEL", "triton")
-    monkeypatch.setattr(kit.adapt_bn, "SPLIT_BLOCKS_PER_SM", 0)  # no cuts: the kernel alone asks for the layers
-    assert kit.adapt_bn._split_layers(layers, torch.device("cpu")) == []
+    monkeypatch.setattr(kit.adapt_bn, "SPLIT_BLOCKS_PER_SM", 0)
     if importlib.util.find_spec("triton") is not None:
         assert kit.adapt_bn._split_layers(layers, cuda) == layers
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match='STATS_KERNEL = "triton" needs the triton package'):
         kit.adapt_bn._split_layers(layers, cuda)
+    # off CUDA the kernel is never used, so it is not needed; every layer still gets the lean forward
+    assert kit.adapt_bn._split_layers(layers, torch.device("cpu")) == layers
     monkeypatch.setattr(kit.adapt_bn, "STATS_KERNEL", "pytorch")
-    assert kit.adapt_bn._split_layers(layers, cuda) == []
+    assert kit.adapt_bn._split_layers(layers, cuda) == layers
+    sync = nn.SyncBatchNorm(4)  # its own forward: left to it
+    assert kit.adapt_bn._split_layers([*layers, sync], torch.device("cpu")) == layers
