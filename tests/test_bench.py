@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import kit.adapt_bn
+import kit.models
 from bench import adapt_bn as bench_adapt_bn
 from bench import pipeline  # bench/ is importable through pytest's pythonpath (pyproject.toml)
 from bench.__main__ import SECTIONS, Line, demo_run_lines, main
@@ -172,6 +174,25 @@ def test_adapt_bn_bench_compares_every_setting_once_per_round():
     assert all(r["mean_diff"] == 0 and r["var_rel_diff"] == 0 for r in rows[1:])
     assert all(r["ratio"] > 0 and r["bn_layers"] == 38 for r in rows)
     assert kit.adapt_bn.STATS_KERNEL == "pytorch" and kit.adapt_bn.SPLIT_BLOCKS_PER_SM == 4  # put back
+
+
+def test_adapt_bn_bench_compares_the_pass_through_the_layers_own_forward(monkeypatch):
+    assert bench_adapt_bn._settings((4,), ("pytorch",), layer_forward=True) == [(4, "pytorch"), (0, "layer")]
+    calls = []
+    real_call = kit.adapt_bn.SplitForward.__call__
+    monkeypatch.setattr(kit.adapt_bn.SplitForward, "__call__", lambda self, x: calls.append(1) or real_call(self, x))
+    split_layers = kit.adapt_bn._split_layers
+    model = kit.models.create_model("slowfast_tiny", num_classes=3)
+    clips = [torch.randn(2, 3, 4, 32, 32)]
+    bench_adapt_bn._time_passes(model, clips, torch.device("cpu"), 1, 0, "layer")
+    assert calls == [] and kit.adapt_bn._split_layers is split_layers  # no stand-in, and put back
+    bench_adapt_bn._time_passes(model, clips, torch.device("cpu"), 1, 0, "pytorch")
+    assert len(calls) == 38
+    rows = bench_adapt_bn.run_benchmark(
+        models=("slowfast_tiny",), batches=2, batch_size=2, frames=4, size=32, repeats=1, layer_forward=True
+    )
+    assert [(r["split_blocks_per_sm"], r["stats_kernel"]) for r in rows] == [(4, "pytorch"), ("-", "layer")]
+    assert rows[1]["mean_diff"] == 0 and rows[1]["var_rel_diff"] == 0  # the same kernel: the same statistics
 
 
 def test_loader_bench_times_the_train_loader_for_each_chunk_size(tmp_path):
