@@ -108,8 +108,8 @@ class SplitForward:
     mean and biased variance and moves the running statistics by ``bn.momentum`` towards the batch
     mean and unbiased variance, as the layer's own forward does; what that forward checks in Python
     on every call (the input's dimensions, more than one value per channel) is checked once per input
-    shape, when its plan is made (``plans``): about 5 us a layer and batch on the CPU, 2% of an
-    inference pass of ``slowfast_tiny`` (38 layers, batches of 4 x 8 x 64 x 64, one thread).
+    shape, when its plan is made (``plans``). On the CPU that is about 5 us a layer and batch, 2-3% of an
+    inference pass of ``slowfast_tiny`` (38 layers; ``bench/adapt_bn.py --layer-forward`` compares).
 
     On CUDA, a contiguous input whose channels :func:`split_factor` cuts into ``k > 1`` pieces has its
     batch statistics taken over the pieces and combined, as :class:`torch.nn.SyncBatchNorm` combines
