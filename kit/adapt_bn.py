@@ -11,14 +11,16 @@ During the pass the model is in eval mode except its BatchNorm layers, so dropou
 are off; every module's train/eval mode is restored afterwards. A model without BatchNorm
 (MViT uses LayerNorm only) is reported with a warning: Adapt BN changes nothing for it.
 
-Every BatchNorm layer with BatchNorm's own forward runs :class:`SplitForward` during the pass, on any
-device: it calls PyTorch's training-mode kernel itself, checking each input shape once, where the
-layer's forward and ``F.batch_norm`` check it in Python on every call. On CUDA, PyTorch's training-mode kernel takes the statistics of a contiguous ``(N, C, ...)`` input
+During the pass every layer with BatchNorm's own forward runs :class:`SplitForward`, on any device:
+it calls PyTorch's training-mode kernel itself, checking each input shape once, where the layer's
+forward and ``F.batch_norm`` check it in Python on every call.
+
+On CUDA, PyTorch's training-mode kernel takes the statistics of a contiguous ``(N, C, ...)`` input
 with one thread block per channel, a division per value in each thread: a layer of few channels
 and many values (SlowFast's fast pathway: 8 channels of 1.6 M values each at 32 x 224, batch 4)
-leaves most of the GPU idle. During the pass such layers run :class:`SplitForward` instead: each
-channel's values are cut into equal pieces, PyTorch's own kernels take the statistics of each
-piece, and combine them as :class:`torch.nn.SyncBatchNorm` combines those of several processes.
+leaves most of the GPU idle. :class:`SplitForward` cuts each channel of such a layer into equal
+pieces, PyTorch's own kernels take the statistics of each piece, and combine them as
+:class:`torch.nn.SyncBatchNorm` combines those of several processes.
 With ``STATS_KERNEL = "triton"`` the statistics of every layer come instead from one read of its input
 by a Triton kernel (:mod:`kit.bn_stats`), combined the same way.
 """
