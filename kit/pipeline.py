@@ -29,7 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from kit.config import Params, ParamsError, load_params, params_hash, save_params
+from kit import __version__
+from kit.config import Params, ParamsError, git_commit, load_params, params_hash, save_params
 from kit.layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,10 @@ def run(
         print("dry run: nothing executed", file=out)
         return 0
 
-    save_params(params, layout.params)
+    if not layout.params.exists():
+        # a resumed run keeps the record of the code that started it; each step's marker names its own
+        save_params(params, layout.params)
+    code = {"kit_version": __version__, "git_commit": git_commit()}
     kernel = kernel_name()
     for n, step in enumerate(todo, 1):
         print(f"[{n}/{len(todo)}] {step.describe()} ({step.notebook}.ipynb)", file=out, flush=True)
@@ -294,7 +298,7 @@ def run(
         _marker(layout, step).write_text(
             json.dumps({
                 "hash": _step_hash(params, step), "seconds": seconds, "finished": time.time(),
-                "peak_rss_MiB": round(rss_kib / 1024, 1),
+                "peak_rss_MiB": round(rss_kib / 1024, 1), **code,
             })
         )
     from kit import report

@@ -67,7 +67,7 @@ def collect(params: Params, layout: RunLayout, steps=()) -> dict:
     for s in steps:
         marker = _read(layout.root / "notebooks" / f"{s.name}.done.json")
         if marker:
-            timings.append({"step": s.name, "seconds": round(marker["seconds"], 2)})
+            timings.append({"step": s.name, "seconds": round(marker["seconds"], 2), "git_commit": marker.get("git_commit")})
     confusion = None
     val_ens = layout.predictions(ENSEMBLE, ENSEMBLE, "val")
     if val_ens.exists():

@@ -132,3 +132,47 @@ def test_notebook_kernels_talk_over_private_unix_sockets(tmp_path, monkeypatch, 
     assert not os.path.exists(os.path.dirname(ip))  # the sockets' folder is gone with the kernel
     assert set(os.listdir(pipeline.ROOT)) == root_before  # no kernel-ipc-N sockets in the working directory
     assert "without encryption" not in capfd.readouterr().err
+
+
+def test_a_resumed_run_keeps_its_start_and_each_step_names_the_code_that_ran_it(tmp_path, monkeypatch):
+    import json
+
+    from kit import config, report
+
+    ran = []
+
+    def execute(step, layout, **kw):  # what the runner sees of a notebook: its folder, and seconds
+        (layout.root / "notebooks").mkdir(parents=True, exist_ok=True)
+        ran.append(step.name)
+        return 1.5
+
+    monkeypatch.setattr(pipeline, "kernel_name", lambda: "python3")
+    monkeypatch.setattr(pipeline, "execute", execute)
+    monkeypatch.setattr(report, "write", lambda params, layout, steps: {})
+    monkeypatch.setattr(report, "ablation_text", lambda summary: "")
+    overrides = [f"output_root={tmp_path}", "pseudo.rounds=1"]
+    run = tmp_path / "demo"
+
+    def marker(name):
+        return json.loads((run / "notebooks" / f"{name}.done.json").read_text())
+
+    def at_commit(commit):  # the runner's and save_params' view of the checkout
+        monkeypatch.setattr(pipeline, "git_commit", lambda: commit)
+        monkeypatch.setattr(config, "git_commit", lambda cwd=None: commit)
+
+    at_commit("aaaaaaa")
+    assert pipeline.run("params/demo.yaml", overrides, only="data", out=io.StringIO()) == 0
+    assert ran == ["00_data"] and marker("00_data")["git_commit"] == "aaaaaaa"
+
+    at_commit("bbbbbbb-dirty")
+    assert pipeline.run("params/demo.yaml", overrides, out=io.StringIO()) == 0  # resumes: 00_data is done
+    assert ran[0] == "00_data" and "00_data" not in ran[1:] and ran[-1] == "50_confusion"
+    assert yaml.safe_load((run / "params.yaml").read_text())["git_commit"] == "aaaaaaa"  # the run's start
+    assert marker("00_data")["git_commit"] == "aaaaaaa"
+    assert marker("50_confusion")["git_commit"] == "bbbbbbb-dirty"
+    assert marker("50_confusion")["kit_version"] == pipeline.__version__
+    layout = pipeline.RunLayout(run)
+    params = load_params(run / "params.yaml", base=run / "params.yaml")
+    monkeypatch.undo()  # the real report tables
+    rows = report.collect(params, layout, pipeline.plan(params))["timings"]
+    assert [(r["step"], r["git_commit"]) for r in rows[:2]] == [("00_data", "aaaaaaa"), ("10_supervised_uniformer", "bbbbbbb-dirty")]
