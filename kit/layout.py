@@ -3,8 +3,8 @@
 ::
 
     outputs/<run>/
-      params.yaml                      resolved parameters, kit version, git commit
-      notebooks/<stage>[_<model>][_r<round>].ipynb   executed notebooks (+ .html reports)
+      params.yaml                      resolved parameters, kit version and git commit at the run's start
+      notebooks/<stage>[_<model>][_r<round>].ipynb   executed notebooks (+ .html reports, .done.json markers)
       models/<model>/<stage>/          checkpoint.pth, best.pth, metrics.jsonl
       predictions/<model>/<stage>_<split>.npz        see kit.predictions
       pseudo/r<round>/                 pseudo-label lists and the selection report
