@@ -2,7 +2,8 @@
 # The GPU check in one go, inside a time budget. Steps, most wanted first:
 #   tests     the tests of Adapt BN and of the Triton kernel, and the CUDA tests of the loader's finishing
 #             step and of fit/predict; if they fail, the check stops there
-#   kernels   Adapt BN's statistics kernels side by side (PyTorch's on cut channels, Triton's)
+#   kernels   Adapt BN's statistics kernels side by side (PyTorch's on cut channels, Triton's), and the pass
+#             through the layers' own forward (PyTorch's kernel, no SplitForward)
 #   workers   the train loader at 32 x 224 profiled in the main process and in 8 workers
 #   profiles  where the GPU time of Adapt BN goes, for each statistics kernel
 #   loaders   the suite's loader section on the GPU (ratios over raw decoding, finishing on the GPU)
@@ -56,7 +57,8 @@ check() {
     tests/test_data.py tests/test_engine.py -k "bn_stats or adapt_bn or cuda or gpu" ||
     { echo "== gpu_check: the tests failed, nothing else was run"; return 1; }
   step kernels 180 60 "$py" bench/adapt_bn.py --device cuda --models slowfast_r101,uniformer_b --frames 32 \
-    --size 224 --batch 8 --batches 8 --repeats 3 --split-blocks-per-sm 0,4 --stats-kernel pytorch,triton --rounds 2
+    --size 224 --batch 8 --batches 8 --repeats 3 --split-blocks-per-sm 0,4 --stats-kernel pytorch,triton --layer-forward \
+    --rounds 2
   step workers 120 60 "$py" -m bench.hotspots loader --train --workers 8 --clips 32 --passes 2 --top 16 \
     --cache "$cache"
   for kernel in triton pytorch; do
